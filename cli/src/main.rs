@@ -1,1 +1,96 @@
-fn main() {}
+//! `hvkit`: inspect, check, read, convert and compare Hyper-V disk images.
+
+mod cmd_check;
+mod cmd_compare;
+mod cmd_convert;
+mod cmd_info;
+mod cmd_read;
+mod image_arg;
+mod progress;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "hvkit", version, about = "Hyper-V disk images (VHDX/AVHDX) on any OS", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what a VHDX/AVHDX file is: type, sizes, GUIDs, log state, BAT, parent chain
+    Info(cmd_info::Args),
+    /// Validate every structure; exit 0 clean, 2 corrupt, 3 log needs replay, 1 other error
+    Check(cmd_check::Args),
+    /// Write guest bytes of an image (through its chain) to stdout or a file
+    Read(cmd_read::Args),
+    /// Flatten a VHDX or chain into a raw image (sparse where it reads zero)
+    Convert(cmd_convert::Args),
+    /// Compare the guest-visible content of two images; exit 0 same, 1 different, 2 error
+    Compare(cmd_compare::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(a) => cmd_info::run(a),
+        Command::Check(a) => cmd_check::run(a),
+        Command::Read(a) => cmd_read::run(a),
+        Command::Convert(a) => cmd_convert::run(a),
+        Command::Compare(a) => cmd_compare::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hvkit: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// A failure of a command, with the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    message: String,
+    code: u8,
+}
+
+impl CliError {
+    pub fn new(message: impl Into<String>, code: u8) -> Self {
+        CliError {
+            message: message.into(),
+            code,
+        }
+    }
+    fn exit_code(&self) -> u8 {
+        self.code
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<vhdx::Error> for CliError {
+    fn from(e: vhdx::Error) -> Self {
+        let code = if e.is_corruption() { 2 } else { 1 };
+        CliError::new(e.to_string(), code)
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        CliError::new(e.to_string(), 1)
+    }
+}
+
+pub type CliResult = Result<ExitCode, CliError>;
+
+/// Parses a size argument with K/M/G/T suffixes.
+pub fn size_arg(s: &str) -> Result<u64, String> {
+    vhdx::size::parse_size(s)
+}

@@ -66,7 +66,7 @@ impl Geometry {
 
     /// True when BAT index `i` is a sector bitmap entry.
     pub fn is_bitmap_entry(&self, i: usize) -> bool {
-        (i as u64 + 1) % (self.chunk_ratio + 1) == 0
+        (i as u64 + 1).is_multiple_of(self.chunk_ratio + 1)
     }
 
     pub fn sectors_per_block(&self) -> u64 {

@@ -31,7 +31,7 @@ pub fn check(storage: Box<dyn Storage>, path: &str) -> Result<CheckReport> {
         lenient: true,
         ..OpenOptions::read_only()
     };
-    Ok(report(VhdxFile::open(storage, path, opts), path, false)?)
+    report(VhdxFile::open(storage, path, opts), path, false)
 }
 
 /// Checks the file at `path`; with `repair`, a pending log is first replayed

@@ -133,7 +133,10 @@ pub fn create(
         }
     }
     let lss = p.logical_sector_size as u64;
-    if p.virtual_size == 0 || p.virtual_size % lss != 0 || p.virtual_size > MAX_VIRTUAL_SIZE {
+    if p.virtual_size == 0
+        || !p.virtual_size.is_multiple_of(lss)
+        || p.virtual_size > MAX_VIRTUAL_SIZE
+    {
         return Err(bad(format!(
             "virtual size {} must be a non-zero multiple of {lss} up to 64 TiB",
             p.virtual_size

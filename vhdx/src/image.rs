@@ -534,7 +534,7 @@ impl VhdxFile {
             let end = e.file_offset.saturating_add(e.length as u64);
             if e.file_offset % MIB != 0
                 || e.file_offset < HEADER_SECTION_SIZE
-                || e.length as u64 % MIB != 0
+                || !(e.length as u64).is_multiple_of(MIB)
                 || e.length == 0
             {
                 findings.add(
@@ -1105,8 +1105,15 @@ impl VhdxFile {
         })
     }
 
-    /// Replays a pending log into the file if there is one (`check --repair`).
-    /// Returns the plan that was replayed.
+    /// The file under this open when its bytes can be copied directly (no
+    /// in-memory log replay on top), for `copy_file_range` and the like.
+    pub fn direct_file(&self) -> Option<&std::fs::File> {
+        if self.overlay.is_empty() {
+            self.storage.as_file()
+        } else {
+            None
+        }
+    }
     pub fn path(&self) -> &str {
         &self.path
     }

@@ -16,6 +16,7 @@ pub mod check;
 pub mod create;
 pub mod disk;
 pub mod error;
+pub mod export;
 pub mod format;
 pub mod image;
 pub mod log_replay;

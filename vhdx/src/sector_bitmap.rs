@@ -23,7 +23,7 @@ pub fn run_at(bits: &[u8], start: u64, end: u64) -> (bool, u64) {
     let same = if v { 0xFF } else { 0x00 };
     let mut i = start + 1;
     while i < end {
-        if i % 8 == 0 && end - i >= 8 && bits[(i / 8) as usize] == same {
+        if i.is_multiple_of(8) && end - i >= 8 && bits[(i / 8) as usize] == same {
             i += 8;
             continue;
         }

@@ -54,7 +54,7 @@ impl Header {
                 format!("version {} is not 1", h.version),
             ));
         }
-        if h.log_length as u64 % MIB != 0 || h.log_length == 0 {
+        if !(h.log_length as u64).is_multiple_of(MIB) || h.log_length == 0 {
             return Err(Malformed::new(
                 68,
                 format!(
@@ -63,7 +63,7 @@ impl Header {
                 ),
             ));
         }
-        if h.log_offset % MIB != 0 || h.log_offset < MIB {
+        if !h.log_offset.is_multiple_of(MIB) || h.log_offset < MIB {
             return Err(Malformed::new(
                 72,
                 format!(

@@ -43,13 +43,13 @@ impl EntryHeader {
             flushed_file_offset: le_u64(b, 48),
             last_file_offset: le_u64(b, 56),
         };
-        if h.entry_length == 0 || h.entry_length as u64 % SECTOR != 0 {
+        if h.entry_length == 0 || !(h.entry_length as u64).is_multiple_of(SECTOR) {
             return Err(Malformed::new(
                 8,
                 "entry length is not a non-zero multiple of 4 KiB",
             ));
         }
-        if h.tail as u64 % SECTOR != 0 {
+        if !(h.tail as u64).is_multiple_of(SECTOR) {
             return Err(Malformed::new(12, "tail is not a multiple of 4 KiB"));
         }
         if h.sequence_number == 0 {
@@ -101,7 +101,7 @@ impl Descriptor {
         }
         let file_offset = le_u64(b, 16);
         let sequence_number = le_u64(b, 24);
-        if file_offset % SECTOR != 0 {
+        if !file_offset.is_multiple_of(SECTOR) {
             return Err(Malformed::new(
                 16,
                 "descriptor file offset is not a multiple of 4 KiB",
@@ -110,7 +110,7 @@ impl Descriptor {
         match &b[..4] {
             s if s == ZERO_SIGNATURE => {
                 let length = le_u64(b, 8);
-                if length == 0 || length % SECTOR != 0 {
+                if length == 0 || !length.is_multiple_of(SECTOR) {
                     return Err(Malformed::new(
                         8,
                         "zero length is not a non-zero multiple of 4 KiB",
