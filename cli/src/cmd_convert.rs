@@ -26,6 +26,9 @@ pub struct Args {
     /// No progress bar
     #[arg(short, long)]
     quiet: bool,
+    /// Flush the output to stable storage before exiting
+    #[arg(long)]
+    sync: bool,
     /// Print a JSON summary
     #[arg(long)]
     json: bool,
@@ -45,9 +48,13 @@ pub fn run(a: Args) -> CliResult {
         .map_err(|e| CliError::new(format!("{}: {e}", a.dst.display()), 1))?;
     let bar = bytes_bar(disk.virtual_size(), a.quiet || a.json);
     let start = Instant::now();
-    let stats = vhdx::export::to_raw(&disk, &out, &a.dst.display().to_string(), &mut |done| {
-        bar.set_position(done)
-    })?;
+    let stats = vhdx::export::to_raw(
+        &disk,
+        &out,
+        &a.dst.display().to_string(),
+        a.sync,
+        &mut |done| bar.set_position(done),
+    )?;
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     if a.json {

@@ -25,12 +25,13 @@ const WINDOW: u64 = 256 << 20;
 const BUF: usize = 4 << 20;
 
 /// Writes the guest content of `disk` into `out` (made `virtual_size` bytes
-/// long and sparse where the disk reads zero), then syncs it. `progress`
-/// gets the guest bytes done so far.
+/// long and sparse where the disk reads zero); with `sync` it is flushed to
+/// stable storage before returning. `progress` gets the guest bytes done so far.
 pub fn to_raw(
     disk: &Disk,
     out: &File,
     out_name: &str,
+    sync: bool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<ExportStats> {
     let size = disk.virtual_size();
@@ -77,7 +78,9 @@ pub fn to_raw(
         pos += len;
         progress(pos);
     }
-    out.sync_all().map_err(|e| Error::io(out_name, 0, e))?;
+    if sync {
+        out.sync_all().map_err(|e| Error::io(out_name, 0, e))?;
+    }
     Ok(stats)
 }
 
