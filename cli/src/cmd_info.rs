@@ -140,7 +140,7 @@ fn human(n: u64) -> String {
     }
 }
 
-fn print_text(v: &Value) {
+pub fn print_text(v: &Value) {
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
     println!("file:                 {}", v["path"].as_str().unwrap_or(""));
     println!("type:                 {}", v["type"].as_str().unwrap_or(""));
@@ -202,7 +202,7 @@ fn print_text(v: &Value) {
         "sector_bitmap_blocks",
     ] {
         if b[k].as_u64().unwrap_or(0) > 0 {
-            println!("  {:<20}{}", format!("{k}:"), b[k]);
+            println!("  {:<22}{}", format!("{k}:"), b[k]);
         }
     }
     println!(

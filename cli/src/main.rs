@@ -3,6 +3,7 @@
 mod cmd_check;
 mod cmd_compare;
 mod cmd_convert;
+mod cmd_demo;
 mod cmd_info;
 mod cmd_read;
 mod image_arg;
@@ -30,6 +31,8 @@ enum Command {
     Convert(cmd_convert::Args),
     /// Compare the guest-visible content of two images; exit 0 same, 1 different, 2 error
     Compare(cmd_compare::Args),
+    /// Build a base disk and three checkpoint differencing disks, show and verify them
+    Demo(cmd_demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Command::Read(a) => cmd_read::run(a),
         Command::Convert(a) => cmd_convert::run(a),
         Command::Compare(a) => cmd_compare::run(a),
+        Command::Demo(a) => cmd_demo::run(a),
     };
     match result {
         Ok(code) => code,
