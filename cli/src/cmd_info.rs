@@ -213,7 +213,7 @@ pub fn print_text(v: &Value) {
         println!("parent locator:");
         for e in loc {
             println!(
-                "  {:<20}{}",
+                "  {:<22}{}",
                 format!("{}:", e["key"].as_str().unwrap_or("")),
                 e["value"].as_str().unwrap_or("")
             );

@@ -6,7 +6,10 @@ use std::process::{Command, Output};
 use vhdx::create::{create, BlockContent, CreateParams, ParentLink};
 
 fn hvkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hvkit")).args(args).output().expect("run hvkit")
+    Command::new(env!("CARGO_BIN_EXE_hvkit"))
+        .args(args)
+        .output()
+        .expect("run hvkit")
 }
 
 fn code(o: &Output) -> i32 {
@@ -42,7 +45,10 @@ fn chain(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
     expect[10 * MIB..12 * MIB].fill(0x55);
 
     let child = dir.join("child.avhdx");
-    let cp = CreateParams::differencing(size as u64, ParentLink::relative(bp.data_write_guid, "base.vhdx"));
+    let cp = CreateParams::differencing(
+        size as u64,
+        ParentLink::relative(bp.data_write_guid, "base.vhdx"),
+    );
     let mut blocks = BTreeMap::new();
     blocks.insert(2, BlockContent::Full(vec![0x33; 2 * MIB]));
     // Block 1: sectors 0..8 and 100..101 present with 0x44.
@@ -69,7 +75,14 @@ fn chain(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
 
 #[test]
 fn every_command_has_help() {
-    for cmd in [vec!["--help"], vec!["info", "--help"], vec!["check", "--help"], vec!["read", "--help"], vec!["convert", "--help"], vec!["compare", "--help"]] {
+    for cmd in [
+        vec!["--help"],
+        vec!["info", "--help"],
+        vec!["check", "--help"],
+        vec!["read", "--help"],
+        vec!["convert", "--help"],
+        vec!["compare", "--help"],
+    ] {
         let o = hvkit(&cmd);
         assert_eq!(code(&o), 0, "{cmd:?}");
         assert!(stdout(&o).contains("Usage"), "{cmd:?}");
@@ -94,21 +107,41 @@ fn info_json_describes_the_chain() {
     let chain = v["chain"].as_array().unwrap();
     assert_eq!(chain.len(), 2);
     assert_eq!(chain[1]["path"], p(&base));
-    assert_eq!(chain[1]["data_write_guid"], chain[0]["parent_linkage"].as_str().unwrap().trim_matches(['{', '}']));
-    let keys: Vec<&str> = v["parent_locator"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+    assert_eq!(
+        chain[1]["data_write_guid"],
+        chain[0]["parent_linkage"]
+            .as_str()
+            .unwrap()
+            .trim_matches(['{', '}'])
+    );
+    let keys: Vec<&str> = v["parent_locator"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
     assert_eq!(keys, ["parent_linkage", "relative_path"]);
 
     // Text output names the type and the chain.
     let o = hvkit(&["info", p(&child)]);
     let s = stdout(&o);
-    assert!(s.contains("differencing") && s.contains("chain (2 layers"), "{s}");
+    assert!(
+        s.contains("differencing") && s.contains("chain (2 layers"),
+        "{s}"
+    );
 
     // With the parent gone, info still describes the file and says why the chain is unresolved.
     std::fs::remove_file(&base).unwrap();
     let o = hvkit(&["info", "--json", p(&child)]);
     assert_eq!(code(&o), 0);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert!(v["chain_error"].as_str().unwrap().contains("parent disk not found"), "{v}");
+    assert!(
+        v["chain_error"]
+            .as_str()
+            .unwrap()
+            .contains("parent disk not found"),
+        "{v}"
+    );
 }
 
 #[test]
@@ -116,7 +149,16 @@ fn read_and_convert_match_the_model() {
     let t = tempfile::tempdir().unwrap();
     let (_, child, expect) = chain(t.path());
     let out = t.path().join("part.bin");
-    let o = hvkit(&["read", p(&child), "--offset", "2M", "--length", "4M", "-o", p(&out)]);
+    let o = hvkit(&[
+        "read",
+        p(&child),
+        "--offset",
+        "2M",
+        "--length",
+        "4M",
+        "-o",
+        p(&out),
+    ]);
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     assert!(std::fs::read(&out).unwrap() == expect[2 << 20..6 << 20]);
     let o = hvkit(&["read", p(&child), "--offset", "51200", "--length", "1000"]);
@@ -131,7 +173,10 @@ fn read_and_convert_match_the_model() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert!(std::fs::read(&raw).unwrap() == expect);
     // Data: parent blocks 0 and 1 (partly), child block 2 and partial sectors.
-    assert_eq!(v["data_bytes"].as_u64().unwrap() + v["zero_bytes"].as_u64().unwrap(), 64 << 20);
+    assert_eq!(
+        v["data_bytes"].as_u64().unwrap() + v["zero_bytes"].as_u64().unwrap(),
+        64 << 20
+    );
     assert_eq!(v["data_bytes"], 6 << 20);
     // Sparse where the disk reads zero.
     use std::os::unix::fs::MetadataExt;
@@ -146,11 +191,21 @@ fn compare_reports_the_first_difference() {
     let raw = t.path().join("expect.raw");
     std::fs::write(&raw, &expect).unwrap();
     let o = hvkit(&["compare", p(&child), p(&raw)]);
-    assert_eq!(code(&o), 0, "{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        code(&o),
+        0,
+        "{}{}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(stdout(&o).contains("identical"));
     let o = hvkit(&["compare", p(&child), p(&base)]);
     assert_eq!(code(&o), 1);
-    assert!(stdout(&o).contains(&format!("offset {}", 2 << 20)), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(&format!("offset {}", 2 << 20)),
+        "{}",
+        stdout(&o)
+    );
     expect[12345] ^= 1;
     std::fs::write(&raw, &expect).unwrap();
     let o = hvkit(&["compare", "--json", p(&raw), p(&child)]);
@@ -191,12 +246,20 @@ fn check_exit_codes_and_repair() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["status"], "corrupt");
     let probs = v["problems"].as_array().unwrap();
-    assert!(probs.iter().any(|p| p["what"] == "BAT" && p["offset"] == (3 << 20) + 8), "{v}");
+    assert!(
+        probs
+            .iter()
+            .any(|p| p["what"] == "BAT" && p["offset"] == (3 << 20) + 8),
+        "{v}"
+    );
     // Reading it fails with an error that names the file and the offset (exit 2 = corruption).
     let o = hvkit(&["read", p(&bad), "--offset", "0", "--length", "512"]);
     assert_eq!(code(&o), 2);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("bad.vhdx") && err.contains("0x300008"), "{err}");
+    assert!(
+        err.contains("bad.vhdx") && err.contains("0x300008"),
+        "{err}"
+    );
 
     // Not a VHDX at all.
     let junk = t.path().join("junk.vhdx");
@@ -215,7 +278,10 @@ fn check_repair_replays_the_corpus_dirty_log() {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
     let bz = dir.join("vhdx/qemu-dirtylog-10G-4M.vhdx.bz2");
     if !bz.is_file() {
-        println!("SKIP: corpus not found at {} (set HVKIT_CORPUS)", dir.display());
+        println!(
+            "SKIP: corpus not found at {} (set HVKIT_CORPUS)",
+            dir.display()
+        );
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -227,7 +293,10 @@ fn check_repair_replays_the_corpus_dirty_log() {
     assert_eq!(code(&o), 3, "{}", stdout(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["log_active_entries"], 1);
-    assert!(std::fs::read(&img).unwrap() == before, "check without --repair must not write");
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "check without --repair must not write"
+    );
     let o = hvkit(&["info", "--json", p(&img)]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["log"]["state"], "needs_replay");
