@@ -167,7 +167,9 @@ fn read_layers(layers: &[Layer], buf: &mut [u8], offset: u64) -> Result<()> {
                 // A child may be larger than its parent: past the parent's end reads zeros.
                 let psize = rest.first().map_or(0, |l| l.file.virtual_size());
                 let inside = psize.saturating_sub(at).min(dst.len() as u64) as usize;
-                read_layers(rest, &mut dst[..inside], at)?;
+                if inside > 0 {
+                    read_layers(rest, &mut dst[..inside], at)?;
+                }
                 dst[inside..].fill(0);
             }
         }
