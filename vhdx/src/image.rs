@@ -506,7 +506,10 @@ impl VhdxFile {
         let base = REGION1_OFFSET + 16;
         let mut placed: Vec<(u64, u64, String)> = vec![(
             self.header.log_offset,
-            self.header.log_offset + self.header.log_length as u64,
+            // LogOffset is only checked against the file when LogGuid is set.
+            self.header
+                .log_offset
+                .saturating_add(self.header.log_length as u64),
             "the log".into(),
         )];
         for (i, e) in table.entries.iter().enumerate() {
@@ -675,15 +678,17 @@ impl VhdxFile {
             items.push((e.offset as u64, end, i));
         }
         let read_item = |this: &Self, id: &Uuid| -> Result<Option<(Vec<u8>, u64)>> {
-            let Some(e) = entries.iter().find(|e| !e.is_user && &e.item_id == id) else {
+            let Some(i) = entries.iter().position(|e| !e.is_user && &e.item_id == id) else {
                 return Ok(None);
             };
+            let e = &entries[i];
             let off = region.file_offset + e.offset as u64;
             if e.length == 0
                 || e.offset as u64 + e.length as u64 > region.length as u64
                 || e.length > md::MAX_ITEM_LENGTH
             {
-                return Ok(Some((vec![], off)));
+                // Unusable item: blame its table entry (its offset may lie anywhere).
+                return Ok(Some((vec![], region.file_offset + 32 + i as u64 * 32)));
             }
             let mut b = vec![0u8; e.length as usize];
             this.read_file_at(&mut b, off)?;
@@ -789,7 +794,32 @@ impl VhdxFile {
                 ),
             ));
         }
-        // The region lies inside the file (checked above), so this is bounded by the file size.
+        // The region lies inside the file (checked above), so this is bounded
+        // by the file size. After an in-memory replay that size may be the
+        // log's LastFileOffset: past the stored bytes only logged pages exist.
+        if let LogStatus::ReplayedInMemory(plan) = &self.log {
+            let pages = plan
+                .ops
+                .iter()
+                .filter(|op| matches!(op, ReplayOp::Data { .. }))
+                .count() as u64;
+            let stored = self
+                .storage
+                .len()
+                .map_err(|e| Error::io(&self.path, 0, e))?
+                .saturating_add(pages * crate::format::log::SECTOR);
+            if region.file_offset.saturating_add(n * 8) > stored {
+                return Err(Error::corrupt(
+                    &self.path,
+                    "BAT",
+                    region.file_offset,
+                    format!(
+                        "the {n}-entry BAT at {:#x} lies past the {stored:#x} bytes stored in the file and its log",
+                        region.file_offset
+                    ),
+                ));
+            }
+        }
         let mut raw = vec![0u8; (n * 8) as usize];
         self.read_file_at(&mut raw, region.file_offset)?;
         self.bat = raw
@@ -807,7 +837,9 @@ impl VhdxFile {
             vec![(0, HEADER_SECTION_SIZE, "the header section".into())];
         used.push((
             self.header.log_offset,
-            self.header.log_offset + self.header.log_length as u64,
+            self.header
+                .log_offset
+                .saturating_add(self.header.log_length as u64),
             "the log".into(),
         ));
         for r in &self.region_table.entries {
@@ -925,14 +957,14 @@ impl VhdxFile {
                 format!("{name} points at {off:#x}, inside the header section"),
             );
         }
-        if off + len > self.file_len {
+        if off.saturating_add(len) > self.file_len {
             return findings.add(
                 Severity::Error,
                 "BAT",
                 entry,
                 format!(
                     "{name} at {off:#x}..{:#x} lies past the end of the file ({:#x}); the file is probably truncated",
-                    off + len,
+                    off.saturating_add(len),
                     self.file_len
                 ),
             );
@@ -1036,8 +1068,22 @@ impl VhdxFile {
             let in_block = pos % g.block_size;
             let n = (g.block_size - in_block).min(end - pos);
             let e = self.bat[g.payload_entry(block)];
-            let data_at = bat_entry::file_offset(e) + in_block;
-            match PayloadState::from_bits(bat_entry::state_bits(e)) {
+            let state = PayloadState::from_bits(bat_entry::state_bits(e));
+            // Other states ignore the offset; a lenient open keeps bad ones.
+            if state.is_some_and(|s| s.has_data())
+                && bat_entry::file_offset(e)
+                    .checked_add(g.block_size)
+                    .is_none()
+            {
+                return Err(Error::corrupt(
+                    &self.path,
+                    "BAT",
+                    self.bat_region.file_offset + g.payload_entry(block) as u64 * 8,
+                    format!("block {block} points past the largest file offset"),
+                ));
+            }
+            let data_at = bat_entry::file_offset(e).wrapping_add(in_block);
+            match state {
                 Some(PayloadState::FullyPresent) => out.push(Run::Data {
                     file: 0,
                     offset: data_at,

@@ -140,7 +140,9 @@ impl LogReader<'_> {
                     ..
                 } => {
                     if data_sector + SECTOR > len
-                        || !self.target_ok(file_offset, file_offset + SECTOR)
+                        || file_offset
+                            .checked_add(SECTOR)
+                            .is_none_or(|end| !self.target_ok(file_offset, end))
                     {
                         return Ok(None);
                     }
