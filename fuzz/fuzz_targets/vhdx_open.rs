@@ -42,7 +42,7 @@ use uuid::Uuid;
 use vhdx::create::{create, BlockContent, CreateParams, ParentLink};
 use vhdx::format::bat_entry::{self, PayloadState};
 use vhdx::format::header::Header;
-use vhdx::format::log::{make_data_sector, Descriptor, EntryHeader};
+use vhdx::format::log::{encode_entry, EntryFields, LogUpdate};
 use vhdx::format::{guids, HEADER1_OFFSET, HEADER2_OFFSET, MIB, REGION1_OFFSET, REGION2_OFFSET};
 use vhdx::{check, Disk, Error, MemStorage, OpenOptions, Run, Storage, VhdxFile};
 
@@ -596,46 +596,27 @@ enum LogOp {
 }
 
 fn log_entry(seq: u64, flushed: u64, last: u64, ops: &[LogOp]) -> Vec<u8> {
-    let area = EntryHeader::descriptor_area(ops.len() as u32) as usize;
-    let data = ops.iter().filter(|o| matches!(o, LogOp::Data(..))).count();
-    let len = area + 4096 * data;
-    let mut b = vec![0u8; len];
-    EntryHeader {
-        checksum: 0,
-        entry_length: len as u32,
-        tail: 0,
+    let updates: Vec<LogUpdate> = ops
+        .iter()
+        .map(|op| match op {
+            LogOp::Data(off, page) => LogUpdate::Data {
+                file_offset: *off,
+                page,
+            },
+            LogOp::Zero(off, n) => LogUpdate::Zero {
+                file_offset: *off,
+                length: *n,
+            },
+        })
+        .collect();
+    let fields = EntryFields {
         sequence_number: seq,
-        descriptor_count: ops.len() as u32,
+        tail: 0,
         log_guid: LOG_GUID,
         flushed_file_offset: flushed,
         last_file_offset: last,
-    }
-    .write_to(&mut b[..64]);
-    let mut sector = area;
-    for (i, op) in ops.iter().enumerate() {
-        let d = match op {
-            LogOp::Data(off, page) => {
-                let (leading_bytes, trailing_bytes, s) = make_data_sector(page, seq);
-                b[sector..sector + 4096].copy_from_slice(&s);
-                sector += 4096;
-                Descriptor::Data {
-                    trailing_bytes,
-                    leading_bytes,
-                    file_offset: *off,
-                    sequence_number: seq,
-                }
-            }
-            LogOp::Zero(off, n) => Descriptor::Zero {
-                length: *n,
-                file_offset: *off,
-                sequence_number: seq,
-            },
-        };
-        d.write_to(&mut b[64 + 32 * i..96 + 32 * i]);
-    }
-    let crc = crc32c::crc32c(&b);
-    b[4..8].copy_from_slice(&crc.to_le_bytes());
-    b
+    };
+    encode_entry(&fields, &updates)
 }
 
 /// Two log entries: the first rewrites the BAT page (block 0 → ZERO, block

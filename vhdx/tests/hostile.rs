@@ -20,7 +20,7 @@ use vhdx::create::{create, BlockContent, CreateParams, ParentLink};
 use vhdx::format::bat_entry::{self, PayloadState};
 use vhdx::format::guids;
 use vhdx::format::header::Header;
-use vhdx::format::log::{make_data_sector, Descriptor, EntryHeader};
+use vhdx::format::log::{encode_entry, EntryFields, LogUpdate};
 use vhdx::format::{HEADER1_OFFSET, HEADER2_OFFSET, MIB, REGION1_OFFSET, REGION2_OFFSET};
 use vhdx::{check, Disk, Error, LogStatus, MemStorage, OpenOptions, Run, Severity, Storage};
 use vhdx::{Problem, VhdxFile};
@@ -388,46 +388,27 @@ enum LogOp {
 
 /// One log entry (2.3.1) with a valid checksum.
 fn log_entry(seq: u64, tail: u32, flushed: u64, last: u64, ops: &[LogOp]) -> Vec<u8> {
-    let area = EntryHeader::descriptor_area(ops.len() as u32) as usize;
-    let data_count = ops.iter().filter(|o| matches!(o, LogOp::Data(..))).count();
-    let len = area + 4096 * data_count;
-    let mut b = vec![0u8; len];
-    EntryHeader {
-        checksum: 0,
-        entry_length: len as u32,
-        tail,
+    let updates: Vec<LogUpdate> = ops
+        .iter()
+        .map(|op| match op {
+            LogOp::Data(off, page) => LogUpdate::Data {
+                file_offset: *off,
+                page,
+            },
+            LogOp::Zero(off, n) => LogUpdate::Zero {
+                file_offset: *off,
+                length: *n,
+            },
+        })
+        .collect();
+    let fields = EntryFields {
         sequence_number: seq,
-        descriptor_count: ops.len() as u32,
+        tail,
         log_guid: LOG_GUID,
         flushed_file_offset: flushed,
         last_file_offset: last,
-    }
-    .write_to(&mut b[..64]);
-    let mut sector = area;
-    for (i, op) in ops.iter().enumerate() {
-        let d = match op {
-            LogOp::Data(off, page) => {
-                let (leading_bytes, trailing_bytes, s) = make_data_sector(page, seq);
-                b[sector..sector + 4096].copy_from_slice(&s);
-                sector += 4096;
-                Descriptor::Data {
-                    trailing_bytes,
-                    leading_bytes,
-                    file_offset: *off,
-                    sequence_number: seq,
-                }
-            }
-            LogOp::Zero(off, n) => Descriptor::Zero {
-                length: *n,
-                file_offset: *off,
-                sequence_number: seq,
-            },
-        };
-        d.write_to(&mut b[64 + 32 * i..96 + 32 * i]);
-    }
-    let crc = crc32c::crc32c(&b);
-    b[4..8].copy_from_slice(&crc.to_le_bytes());
-    b
+    };
+    encode_entry(&fields, &updates)
 }
 
 fn pattern(seed: u8) -> Vec<u8> {

@@ -16,7 +16,10 @@ use vhdx::format::bat_entry::{self, PayloadState};
 use vhdx::format::file_id::FileIdentifier;
 use vhdx::format::header::Header;
 use vhdx::format::locator::ParentLocator;
-use vhdx::format::log::{make_data_sector, rebuild_data_sector, Descriptor, EntryHeader};
+use vhdx::format::log::{
+    encode_entry, make_data_sector, rebuild_data_sector, Descriptor, EntryFields, EntryHeader,
+    LogUpdate,
+};
 use vhdx::format::metadata::{self as md, FileParameters, MetadataEntry};
 use vhdx::format::region::{RegionEntry, RegionTable};
 use vhdx::format::{guids, MIB};
@@ -929,53 +932,39 @@ fn write_entry(
     ops: &[LogOp],
     file_len: u64,
 ) -> u64 {
-    let area = EntryHeader::descriptor_area(ops.len() as u32) as usize;
-    let data = ops
+    let pages: Vec<Vec<u8>> = ops
         .iter()
-        .filter(|o| matches!(o, LogOp::Data { .. }))
-        .count();
-    let len = area + 4096 * data;
-    let mut b = vec![0u8; len];
-    EntryHeader {
-        checksum: 0,
-        entry_length: len as u32,
-        tail: tail as u32,
+        .map(|op| match *op {
+            LogOp::Data { seed, .. } => random_bytes(seed, 4096),
+            LogOp::Zero { .. } => Vec::new(),
+        })
+        .collect();
+    let updates: Vec<LogUpdate> = ops
+        .iter()
+        .zip(&pages)
+        .map(|(op, page)| match *op {
+            LogOp::Data { page: p, .. } => LogUpdate::Data {
+                file_offset: TARGET_BASE + p * 4096,
+                page,
+            },
+            LogOp::Zero { page, pages } => LogUpdate::Zero {
+                file_offset: TARGET_BASE + page * 4096,
+                length: pages * 4096,
+            },
+        })
+        .collect();
+    let fields = EntryFields {
         sequence_number: seq,
-        descriptor_count: ops.len() as u32,
+        tail: tail as u32,
         log_guid: guid,
         flushed_file_offset: file_len,
         last_file_offset: file_len,
-    }
-    .write_to(&mut b[..64]);
-    let mut sector = area;
-    for (i, op) in ops.iter().enumerate() {
-        let d = match *op {
-            LogOp::Data { page, seed } => {
-                let (leading_bytes, trailing_bytes, s) =
-                    make_data_sector(&random_bytes(seed, 4096), seq);
-                b[sector..sector + 4096].copy_from_slice(&s);
-                sector += 4096;
-                Descriptor::Data {
-                    trailing_bytes,
-                    leading_bytes,
-                    file_offset: TARGET_BASE + page * 4096,
-                    sequence_number: seq,
-                }
-            }
-            LogOp::Zero { page, pages } => Descriptor::Zero {
-                length: pages * 4096,
-                file_offset: TARGET_BASE + page * 4096,
-                sequence_number: seq,
-            },
-        };
-        d.write_to(&mut b[64 + 32 * i..96 + 32 * i]);
-    }
-    let crc = crc32c::crc32c(&b);
-    b[4..8].copy_from_slice(&crc.to_le_bytes());
+    };
+    let b = encode_entry(&fields, &updates);
     for (i, x) in b.iter().enumerate() {
         ring[((pos + i as u64) % LOG_LEN) as usize] = *x;
     }
-    len as u64
+    b.len() as u64
 }
 
 proptest! {

@@ -215,3 +215,75 @@ pub fn make_data_sector(update: &[u8], sequence_number: u64) -> ([u8; 8], [u8; 4
         s,
     )
 }
+
+/// One update carried by a log entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogUpdate<'a> {
+    /// A 4 KiB page to write at a 4 KiB-aligned offset.
+    Data { file_offset: u64, page: &'a [u8] },
+    /// A 4 KiB-aligned range to zero.
+    Zero { file_offset: u64, length: u64 },
+}
+
+/// Fields of an entry that are not derived from its updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryFields {
+    pub sequence_number: u64,
+    pub tail: u32,
+    pub log_guid: Uuid,
+    pub flushed_file_offset: u64,
+    pub last_file_offset: u64,
+}
+
+/// Encodes a complete entry (2.3.1): header, descriptors, data sectors and
+/// the checksum over all of them.
+pub fn encode_entry(f: &EntryFields, updates: &[LogUpdate<'_>]) -> Vec<u8> {
+    let area = EntryHeader::descriptor_area(updates.len() as u32) as usize;
+    let data = updates
+        .iter()
+        .filter(|u| matches!(u, LogUpdate::Data { .. }))
+        .count();
+    let len = area + SECTOR as usize * data;
+    let mut b = vec![0u8; len];
+    EntryHeader {
+        checksum: 0,
+        entry_length: len as u32,
+        tail: f.tail,
+        sequence_number: f.sequence_number,
+        descriptor_count: updates.len() as u32,
+        log_guid: f.log_guid,
+        flushed_file_offset: f.flushed_file_offset,
+        last_file_offset: f.last_file_offset,
+    }
+    .write_to(&mut b[..HEADER_SIZE]);
+    let seq = f.sequence_number;
+    let mut sector = area;
+    for (i, u) in updates.iter().enumerate() {
+        let d = match *u {
+            LogUpdate::Data { file_offset, page } => {
+                let (leading_bytes, trailing_bytes, s) = make_data_sector(page, seq);
+                b[sector..sector + SECTOR as usize].copy_from_slice(&s);
+                sector += SECTOR as usize;
+                Descriptor::Data {
+                    trailing_bytes,
+                    leading_bytes,
+                    file_offset,
+                    sequence_number: seq,
+                }
+            }
+            LogUpdate::Zero {
+                file_offset,
+                length,
+            } => Descriptor::Zero {
+                length,
+                file_offset,
+                sequence_number: seq,
+            },
+        };
+        let at = HEADER_SIZE + DESCRIPTOR_SIZE * i;
+        d.write_to(&mut b[at..at + DESCRIPTOR_SIZE]);
+    }
+    let crc = crc32c::crc32c(&b);
+    b[4..8].copy_from_slice(&crc.to_le_bytes());
+    b
+}
