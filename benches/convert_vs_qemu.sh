@@ -19,31 +19,57 @@ fi
 "$HVKIT" info --json "$SRC" | python3 -c 'import json,sys; b=json.load(sys.stdin)["bat"]; print("source:", b["fully_present"], "of", b["payload_blocks"], "blocks FULLY_PRESENT")'
 
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
-t() { local s e; s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N); awk -v e="$e" -v s="$s" 'BEGIN {print e - s}'; }
+# Prints "wall cpu" seconds of a command (cpu = user + system).
+t() {
+    local out
+    out=$( { TIMEFORMAT='%R %U %S'; time "$@" >/dev/null; } 2>&1 )
+    awk '{print $1, $2 + $3}' <<<"$out"
+}
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-declare -A res
-for mode in warm cold; do
+# Modes: the output on the source's filesystem with the source in the page
+# cache (warm-disk) or not (cold-disk), and the output on tmpfs with a warm
+# source (warm-tmpfs: no disk writeback, so the tools' own cost shows).
+SHM=${BENCH_SHM:-/dev/shm/hvkit-bench}
+mkdir -p "$SHM"
+declare -A res cpu
+modes="warm-disk cold-disk warm-tmpfs"
+for mode in $modes; do
+    out_dir=$DIR
+    [ "$mode" = warm-tmpfs ] && out_dir=$SHM
     for i in $(seq "$RUNS"); do
-        for tool in hvkit qemu hvkit-sync qemu-writeback; do
-            rm -f "$DIR/out-$tool.raw"
-            if [ "$mode" = cold ]; then drop_caches; else cat "$SRC" > /dev/null; fi
+        # Alternate which tool goes first; every run starts with nothing dirty.
+        tools="hvkit qemu"
+        [ "$mode" = warm-disk ] && tools="hvkit qemu hvkit-sync qemu-writeback"
+        [ $((i % 2)) -eq 0 ] && tools=$(echo "$tools" | awk '{for (i = NF; i > 0; i--) printf "%s ", $i}')
+        for tool in $tools; do
+            out="$out_dir/out-$tool.raw"
+            rm -f "$out"
+            sync
+            if [ "$mode" = cold-disk ]; then drop_caches; else cat "$SRC" > /dev/null; fi
             case $tool in
-                hvkit) s=$(t "$HVKIT" convert -q "$SRC" "$DIR/out-$tool.raw" -O raw) ;;
-                hvkit-sync) s=$(t "$HVKIT" convert -q --sync "$SRC" "$DIR/out-$tool.raw" -O raw) ;;
-                qemu) s=$(t qemu-img convert -f vhdx -O raw "$SRC" "$DIR/out-$tool.raw") ;;
-                qemu-writeback) s=$(t qemu-img convert -t writeback -f vhdx -O raw "$SRC" "$DIR/out-$tool.raw") ;;
+                hvkit) s=$(t "$HVKIT" convert -q "$SRC" "$out" -O raw) ;;
+                hvkit-sync) s=$(t "$HVKIT" convert -q --sync "$SRC" "$out" -O raw) ;;
+                qemu) s=$(t qemu-img convert -f vhdx -O raw "$SRC" "$out") ;;
+                qemu-writeback) s=$(t qemu-img convert -t writeback -f vhdx -O raw "$SRC" "$out") ;;
             esac
-            res[$mode-$tool]+="$s "
+            res[$mode-$tool]+="${s% *} "
+            cpu[$mode-$tool]+="${s#* } "
+            [ "$tool" = hvkit ] || [ "$tool" = qemu ] || rm -f "$out"
         done
     done
+    if [ "$mode" = warm-disk ]; then
+        cmp "$DIR/out-hvkit.raw" "$DIR/out-qemu.raw" && echo "outputs identical"
+    fi
+    rm -f "$out_dir"/out-*.raw
 done
-cmp "$DIR/out-hvkit.raw" "$DIR/out-qemu.raw" && echo "outputs identical"
-printf '%-6s %-16s %8s %10s   %s\n' cache tool median_s GiB/s runs
-for mode in warm cold; do
+printf '%-11s %-15s %8s %8s %8s   %s\n' mode tool wall_s GiB/s cpu_s "wall seconds of each run"
+for mode in $modes; do
     for tool in hvkit qemu hvkit-sync qemu-writeback; do
+        [ -n "${res[$mode-$tool]:-}" ] || continue
         m=$(echo "${res[$mode-$tool]}" | tr ' ' '\n' | grep . | median)
-        printf '%-6s %-16s %8.3f %10.2f   %s\n' "$mode" "$tool" "$m" "$(awk -v m="$m" 'BEGIN {print 4 / m}')" "${res[$mode-$tool]}"
+        c=$(echo "${cpu[$mode-$tool]}" | tr ' ' '\n' | grep . | median)
+        printf '%-11s %-15s %8.3f %8.2f %8.2f   %s\n' "$mode" "$tool" "$m" "$(awk -v m="$m" 'BEGIN {print 4 / m}')" "$c" "${res[$mode-$tool]}"
     done
 done
-rm -f "$DIR"/out-*.raw
+rmdir "$SHM" 2>/dev/null || true
