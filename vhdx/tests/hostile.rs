@@ -8,6 +8,8 @@
 //! made while opening is sized from an untrusted field: none may exceed
 //! 2 × the file size + 16 MiB.
 
+mod common;
+use common::Rng;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -168,32 +170,6 @@ impl Storage for Img {
     }
     fn set_len(&self, _len: u64) -> io::Result<()> {
         Err(io::Error::other("hostile test storage is read-only"))
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Deterministic random bytes.
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
-    fn bools(&mut self, n: usize) -> Vec<bool> {
-        (0..n).map(|_| !self.next().is_multiple_of(3)).collect()
     }
 }
 

@@ -22,22 +22,6 @@ use vhdx::{ChainOptions, Disk};
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
-/// SplitMix64: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// One `qemu-io -c 'write -P pattern offset length'`.
 #[derive(Debug, Clone, Copy)]
 struct Write {
