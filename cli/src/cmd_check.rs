@@ -1,5 +1,6 @@
 //! `hvkit check`: validate every structure of a file.
 
+use crate::cmd_info::problem_json;
 use crate::{CliError, CliResult};
 use serde_json::json;
 use std::path::PathBuf;
@@ -43,12 +44,7 @@ pub fn run(a: Args) -> CliResult {
             "repaired": r.repaired,
             "log_needs_replay": r.log_needs_replay,
             "log_active_entries": r.log_entries,
-            "problems": r.problems.iter().map(|p| json!({
-                "severity": format!("{:?}", p.severity).to_lowercase(),
-                "what": p.what,
-                "offset": p.offset,
-                "message": p.message,
-            })).collect::<Vec<_>>(),
+            "problems": r.problems.iter().map(problem_json).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
     } else {

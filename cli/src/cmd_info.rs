@@ -116,12 +116,17 @@ pub fn describe(f: &VhdxFile) -> Value {
             "bytes_allocated": s.bytes_allocated,
         },
         "parent_locator": f.parent_locator().map(|l| l.entries.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>()),
-        "problems": f.problems().iter().map(|p| json!({
-            "severity": format!("{:?}", p.severity).to_lowercase(),
-            "what": p.what,
-            "offset": p.offset,
-            "message": p.message,
-        })).collect::<Vec<_>>(),
+        "problems": f.problems().iter().map(problem_json).collect::<Vec<_>>(),
+    })
+}
+
+/// One structural problem as JSON (shared by `info` and `check`).
+pub fn problem_json(p: &vhdx::Problem) -> Value {
+    json!({
+        "severity": format!("{:?}", p.severity).to_lowercase(),
+        "what": p.what,
+        "offset": p.offset,
+        "message": p.message,
     })
 }
 

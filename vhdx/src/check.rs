@@ -31,7 +31,7 @@ pub fn check(storage: Box<dyn Storage>, path: &str) -> Result<CheckReport> {
         lenient: true,
         ..OpenOptions::read_only()
     };
-    report(VhdxFile::open(storage, path, opts), path, false)
+    report(VhdxFile::open(storage, path, opts), path)
 }
 
 /// Checks the file at `path`; with `repair`, a pending log is first replayed
@@ -57,7 +57,7 @@ pub fn check_path(path: &std::path::Path, repair: bool) -> Result<CheckReport> {
     check(Box::new(file), &name)
 }
 
-fn report(opened: Result<VhdxFile>, path: &str, repaired: bool) -> Result<CheckReport> {
+fn report(opened: Result<VhdxFile>, path: &str) -> Result<CheckReport> {
     match opened {
         Ok(f) => {
             let (needs, entries) = match f.log_status() {
@@ -70,7 +70,7 @@ fn report(opened: Result<VhdxFile>, path: &str, repaired: bool) -> Result<CheckR
                 problems: f.problems().to_vec(),
                 log_needs_replay: needs,
                 log_entries: entries,
-                repaired,
+                repaired: false,
             })
         }
         Err(Error::Corrupt {
@@ -88,7 +88,7 @@ fn report(opened: Result<VhdxFile>, path: &str, repaired: bool) -> Result<CheckR
             }],
             log_needs_replay: false,
             log_entries: 0,
-            repaired,
+            repaired: false,
         }),
         Err(e) => Err(e),
     }
