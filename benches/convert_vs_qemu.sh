@@ -18,6 +18,13 @@ if [ ! -f "$SRC" ]; then
 fi
 "$HVKIT" info --json "$SRC" | python3 -c 'import json,sys; b=json.load(sys.stdin)["bat"]; print("source:", b["fully_present"], "of", b["payload_blocks"], "blocks FULLY_PRESENT")'
 
+# Lets the filesystem finish writing back and discarding what earlier runs
+# left (the ext4 here is mounted with `discard`), so every run starts equal.
+settle() {
+    sync
+    sleep 3
+    while [ "$(awk '/^(Dirty|Writeback):/ {s += $2} END {print s}' /proc/meminfo)" -gt 65536 ]; do sleep 1; done
+}
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 # Prints "wall cpu" seconds of a command (cpu = user + system).
 t() {
@@ -45,7 +52,7 @@ for mode in $modes; do
         for tool in $tools; do
             out="$out_dir/out-$tool.raw"
             rm -f "$out"
-            sync
+            settle
             if [ "$mode" = cold-disk ]; then drop_caches; else cat "$SRC" > /dev/null; fi
             case $tool in
                 hvkit) s=$(t "$HVKIT" convert -q "$SRC" "$out" -O raw) ;;

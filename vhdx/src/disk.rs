@@ -4,8 +4,9 @@
 use crate::error::{Error, Result};
 use crate::image::{OpenOptions, Run, RunCoalescer, VhdxFile};
 use crate::parent;
+use crate::write::DiscardMode;
 use std::collections::HashSet;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -148,6 +149,153 @@ impl Disk {
         let mut out = RunCoalescer::new(f);
         runs_layers(&self.layers, 0, offset, len, &mut |r| out.push(r))?;
         out.finish()
+    }
+}
+
+impl Disk {
+    /// Opens `path` for writing (its parents stay read-only).
+    pub fn open_writable(path: impl AsRef<Path>, opts: &ChainOptions) -> Result<Disk> {
+        let mut o = opts.clone();
+        o.open.write = true;
+        Disk::open(path, &o)
+    }
+
+    fn leaf_mut(&mut self) -> &mut VhdxFile {
+        &mut self.layers[0].file
+    }
+
+    /// Writes guest bytes at `offset` into the leaf. Partial sectors are
+    /// completed with the bytes the disk shows there now.
+    pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        let size = self.virtual_size();
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= size)
+            .ok_or(Error::OutOfRange {
+                offset,
+                len: buf.len() as u64,
+                size,
+            })?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let lss = self.leaf().logical_sector_size() as u64;
+        let head = offset / lss * lss;
+        let tail = end.next_multiple_of(lss);
+        if head == offset && tail == end {
+            return self.leaf_mut().write_sectors(buf, offset);
+        }
+        // Edge sectors: read, patch, write (one sector each, or one in all).
+        let mut done = 0usize;
+        let mut pos = offset;
+        while pos < end {
+            let sector = pos / lss * lss;
+            if pos == sector && end - pos >= lss {
+                let n = ((end - pos) / lss * lss) as usize;
+                self.leaf_mut().write_sectors(&buf[done..done + n], pos)?;
+                done += n;
+                pos += n as u64;
+                continue;
+            }
+            let mut s = vec![0u8; lss as usize];
+            self.read_at(&mut s, sector)?;
+            let at = (pos - sector) as usize;
+            let n = (lss as usize - at).min((end - pos) as usize);
+            s[at..at + n].copy_from_slice(&buf[done..done + n]);
+            self.leaf_mut().write_sectors(&s, sector)?;
+            done += n;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Discards `offset..offset+len` (whole logical sectors) of the leaf.
+    pub fn discard(&mut self, offset: u64, len: u64, mode: DiscardMode) -> Result<()> {
+        self.leaf_mut().discard(offset, len, mode)
+    }
+
+    /// Makes every write so far durable (commits the leaf's metadata).
+    pub fn flush(&mut self) -> Result<()> {
+        self.leaf_mut().commit()
+    }
+
+    /// Commits and closes the leaf cleanly (empty log, LogGuid cleared).
+    pub fn close(mut self) -> Result<()> {
+        self.leaf_mut().close()
+    }
+
+    /// Changes the virtual size of the leaf. Shrinking needs `allow_shrink`
+    /// and fails when anything but zeros lies past the new end.
+    pub fn resize(&mut self, new_size: u64, allow_shrink: bool) -> Result<()> {
+        let old = self.virtual_size();
+        let path = self.leaf().path().to_string();
+        if new_size < old {
+            if !allow_shrink {
+                return Err(Error::unsupported(
+                    &path,
+                    format!("shrinking from {old} to {new_size} bytes needs --allow-shrink"),
+                ));
+            }
+            if let Some(at) = self.first_nonzero(new_size, old - new_size)? {
+                return Err(Error::unsupported(
+                    &path,
+                    format!(
+                        "cannot shrink to {new_size} bytes: guest offset {at:#x} past the new end holds data"
+                    ),
+                ));
+            }
+        }
+        let parent_size = self.layers.get(1).map_or(0, |l| l.file.virtual_size());
+        self.leaf_mut().set_virtual_size(new_size, parent_size)
+    }
+
+    /// The first guest offset in the range that does not read zero.
+    pub fn first_nonzero(&self, offset: u64, len: u64) -> Result<Option<u64>> {
+        let mut found = None;
+        let mut pos = offset;
+        let mut buf = Vec::new();
+        self.for_each_run(offset, len, &mut |run| {
+            if found.is_none() {
+                if let Run::Data { file, offset, len } = run {
+                    let f = &self.layers[file].file;
+                    let mut done = 0;
+                    while done < len && found.is_none() {
+                        let k = (len - done).min(1 << 20) as usize;
+                        buf.resize(k, 0);
+                        f.read_file_at(&mut buf, offset + done)?;
+                        if let Some(i) = buf.iter().position(|&b| b != 0) {
+                            found = Some(pos + done + i as u64);
+                        }
+                        done += k as u64;
+                    }
+                }
+            }
+            pos += run.len();
+            Ok(())
+        })?;
+        Ok(found)
+    }
+}
+
+impl Write for Disk {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let size = self.virtual_size();
+        let n = (size.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        if n == 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "write at {:#x} past the end of the {size}-byte disk",
+                    self.pos
+                ),
+            ));
+        }
+        self.write_at(&buf[..n], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Disk::flush(self).map_err(io::Error::other)
     }
 }
 

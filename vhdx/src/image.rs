@@ -185,24 +185,26 @@ impl<'a> RunCoalescer<'a> {
 
 /// An open VHDX file.
 pub struct VhdxFile {
-    path: String,
-    storage: Box<dyn Storage>,
+    pub(crate) path: String,
+    pub(crate) storage: Box<dyn Storage>,
     overlay: Overlay,
     /// Length of the file as this open sees it (after any replay).
-    file_len: u64,
-    writable: bool,
+    pub(crate) file_len: u64,
+    pub(crate) writable: bool,
     creator: String,
-    header: Header,
+    pub(crate) header: Header,
     header_slot: usize,
-    region_table: RegionTable,
-    bat_region: RegionEntry,
-    metadata_region: RegionEntry,
-    metadata: Metadata,
-    geometry: Geometry,
-    bat: Vec<u64>,
+    pub(crate) region_table: RegionTable,
+    pub(crate) bat_region: RegionEntry,
+    pub(crate) metadata_region: RegionEntry,
+    pub(crate) metadata: Metadata,
+    pub(crate) geometry: Geometry,
+    pub(crate) bat: Vec<u64>,
     log: LogStatus,
     problems: Vec<Problem>,
-    bitmap_cache: Mutex<Option<(u64, Arc<[u8]>)>>,
+    pub(crate) bitmap_cache: Mutex<Option<(u64, Arc<[u8]>)>>,
+    /// Changes not yet committed through the log (writable opens).
+    pub(crate) pending: crate::write::Pending,
 }
 
 impl std::fmt::Debug for VhdxFile {
@@ -314,6 +316,7 @@ impl VhdxFile {
             log: LogStatus::Clean,
             problems: vec![],
             bitmap_cache: Mutex::new(None),
+            pending: Default::default(),
         };
         file.open_log(opts)?;
         file.load_region_table(&mut findings)?;
@@ -446,13 +449,13 @@ impl VhdxFile {
         Ok(())
     }
 
-    fn write_raw(&self, buf: &[u8], offset: u64) -> Result<()> {
+    pub(crate) fn write_raw(&self, buf: &[u8], offset: u64) -> Result<()> {
         self.storage
             .write_at(buf, offset)
             .map_err(|e| Error::io(&self.path, offset, e))
     }
 
-    fn flush_raw(&self) -> Result<()> {
+    pub(crate) fn flush_raw(&self) -> Result<()> {
         self.storage
             .flush()
             .map_err(|e| Error::io(&self.path, 0, e))
@@ -991,7 +994,7 @@ impl VhdxFile {
                     ),
                 )
             })?;
-        if self.overlay.is_empty() {
+        if self.overlay.is_empty() && self.pending.pages.is_empty() {
             return self
                 .storage
                 .read_at(buf, offset)
@@ -1009,11 +1012,12 @@ impl VhdxFile {
         }
         buf[on_disk..].fill(0);
         self.overlay.patch(buf, offset);
+        self.pending.patch(buf, offset);
         Ok(())
     }
 
     /// The sector bitmap bits of `block` (a PARTIALLY_PRESENT block).
-    fn block_bitmap(&self, block: u64) -> Result<Arc<[u8]>> {
+    pub(crate) fn block_bitmap(&self, block: u64) -> Result<Arc<[u8]>> {
         let mut cache = self.bitmap_cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((b, bits)) = cache.as_ref() {
             if *b == block {
@@ -1154,7 +1158,7 @@ impl VhdxFile {
     /// The file under this open when its bytes can be copied directly (no
     /// in-memory log replay on top), for `copy_file_range` and the like.
     pub fn direct_file(&self) -> Option<&std::fs::File> {
-        if self.overlay.is_empty() {
+        if self.overlay.is_empty() && self.pending.pages.is_empty() {
             self.storage.as_file()
         } else {
             None

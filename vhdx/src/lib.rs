@@ -19,6 +19,7 @@ pub mod error;
 pub mod export;
 pub mod format;
 pub mod image;
+pub mod journal;
 pub mod log_replay;
 pub mod overlay;
 pub mod parent;
@@ -26,6 +27,7 @@ pub mod raw;
 pub mod sector_bitmap;
 pub mod size;
 pub mod storage;
+pub mod write;
 
 pub use disk::{ChainOptions, Disk, Layer, MAX_CHAIN_DEPTH};
 pub use error::{Error, Result};

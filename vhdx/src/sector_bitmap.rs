@@ -16,6 +16,24 @@ pub fn set_bit(bits: &mut [u8], i: u64, v: bool) {
     }
 }
 
+/// Sets bits `start..end` to `v`, whole bytes at a time where it can.
+pub fn set_range(bits: &mut [u8], start: u64, end: u64, v: bool) {
+    let mut i = start;
+    while i < end && !i.is_multiple_of(8) {
+        set_bit(bits, i, v);
+        i += 1;
+    }
+    let whole_end = i + (end - i) / 8 * 8;
+    if whole_end > i {
+        bits[(i / 8) as usize..(whole_end / 8) as usize].fill(if v { 0xFF } else { 0 });
+        i = whole_end;
+    }
+    while i < end {
+        set_bit(bits, i, v);
+        i += 1;
+    }
+}
+
 /// The value of bit `start` and how many bits from `start` (stopping at
 /// `end`) share it. Skips whole bytes of equal bits.
 pub fn run_at(bits: &[u8], start: u64, end: u64) -> (bool, u64) {
@@ -58,6 +76,20 @@ mod tests {
                 }
                 i += len;
             }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn set_range_matches_bit_by_bit(a in 0u64..256, b in 0u64..256, v: bool, fill: u8) {
+            let (start, end) = (a.min(b), a.max(b));
+            let mut fast = vec![fill; 32];
+            let mut slow = fast.clone();
+            set_range(&mut fast, start, end, v);
+            for i in start..end {
+                set_bit(&mut slow, i, v);
+            }
+            prop_assert_eq!(fast, slow);
         }
     }
 

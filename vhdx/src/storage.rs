@@ -49,6 +49,27 @@ impl Storage for File {
     }
 }
 
+impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn flush(&self) -> io::Result<()> {
+        (**self).flush()
+    }
+    fn len(&self) -> io::Result<u64> {
+        (**self).len()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        (**self).set_len(len)
+    }
+    fn as_file(&self) -> Option<&File> {
+        (**self).as_file()
+    }
+}
+
 /// An image held in memory.
 #[derive(Debug, Default)]
 pub struct MemStorage {
