@@ -300,6 +300,15 @@ impl VhdxFile {
                     DiscardMode::Transparent => PayloadState::NotPresent,
                 };
                 self.set_payload(block, new, 0);
+                // Leave no stale bits behind a NOT_PRESENT block (readers
+                // such as libvhdi consult the bitmap for it).
+                if g.has_parent
+                    && new == PayloadState::NotPresent
+                    && bat_entry::state_bits(self.bat[g.bitmap_entry(block / g.chunk_ratio)])
+                        == bat_entry::SB_BLOCK_PRESENT
+                {
+                    self.set_bits(block, 0, g.sectors_per_block(), false)?;
+                }
             } else if mode != DiscardMode::Transparent || !g.has_parent {
                 if !reads_zero {
                     self.write_zeros_guest(pos, n)?;

@@ -1,0 +1,405 @@
+//! Crash injection (MS-VHDX 2.3: metadata through the log, payload flushed
+//! before the BAT points at it). A storage wrapper lets the first N writes,
+//! size changes and flushes through and fails everything after; writes
+//! since the last flush are then dropped, kept, or a random subset kept
+//! (in order), as a disk cache may do. For every N over mixed workloads on
+//! dynamic, fixed and differencing disks the reopened file (log replayed in
+//! memory and on disk, which must agree) passes `check`, has a size one of
+//! the states allowed, and every sector holds a value it held at the last
+//! acknowledged flush or after a later operation: nothing acknowledged is
+//! lost and no sector is a mix.
+
+mod model;
+
+use model::*;
+use std::io;
+use std::sync::{Arc, Mutex};
+use vhdx::{MemStorage, OpenOptions, Storage};
+
+enum Undo {
+    Write {
+        offset: u64,
+        old: Vec<u8>,
+        new: Vec<u8>,
+        old_len: usize,
+    },
+    SetLen {
+        old_len: usize,
+        old_tail: Vec<u8>,
+        new_len: usize,
+    },
+}
+
+#[derive(Default)]
+struct State {
+    current: Vec<u8>,
+    /// Changes since the last flush, oldest first.
+    unflushed: Vec<Undo>,
+    ops: u64,
+    crash_after: Option<u64>,
+    crashed: bool,
+}
+
+/// Storage that stops after a number of writes/size changes/flushes.
+#[derive(Default)]
+struct CrashStorage(Mutex<State>);
+
+fn dead() -> io::Error {
+    io::Error::other("injected crash")
+}
+
+impl CrashStorage {
+    fn step(s: &mut State) -> io::Result<()> {
+        if s.crashed {
+            return Err(dead());
+        }
+        s.ops += 1;
+        if s.crash_after.is_some_and(|n| s.ops > n) {
+            s.crashed = true;
+            return Err(dead());
+        }
+        Ok(())
+    }
+    fn arm(&self, n: Option<u64>) {
+        let mut s = self.0.lock().unwrap();
+        s.ops = 0;
+        s.crash_after = n;
+    }
+    fn ops(&self) -> u64 {
+        self.0.lock().unwrap().ops
+    }
+    /// The bytes after a crash: durable state plus the unflushed changes
+    /// that `keep` selects, in order.
+    fn after_crash(&self, keep: &mut dyn FnMut(usize) -> bool) -> Vec<u8> {
+        let s = self.0.lock().unwrap();
+        let mut b = s.current.clone();
+        for u in s.unflushed.iter().rev() {
+            match u {
+                Undo::Write {
+                    offset,
+                    old,
+                    old_len,
+                    ..
+                } => {
+                    let o = *offset as usize;
+                    b[o..o + old.len()].copy_from_slice(old);
+                    b.truncate(*old_len);
+                }
+                Undo::SetLen {
+                    old_len, old_tail, ..
+                } => {
+                    b.truncate(*old_len - old_tail.len());
+                    b.extend_from_slice(old_tail);
+                    b.resize(*old_len, 0);
+                }
+            }
+        }
+        for (i, u) in s.unflushed.iter().enumerate() {
+            if !keep(i) {
+                continue;
+            }
+            match u {
+                Undo::Write { offset, new, .. } => {
+                    let o = *offset as usize;
+                    if b.len() < o + new.len() {
+                        b.resize(o + new.len(), 0);
+                    }
+                    b[o..o + new.len()].copy_from_slice(new);
+                }
+                Undo::SetLen { new_len, .. } => b.resize(*new_len, 0),
+            }
+        }
+        b
+    }
+}
+
+impl Storage for CrashStorage {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let s = self.0.lock().unwrap();
+        let o = offset as usize;
+        let src = s
+            .current
+            .get(o..o + buf.len())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "past end"))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut s = self.0.lock().unwrap();
+        Self::step(&mut s)?;
+        let o = offset as usize;
+        let old_len = s.current.len();
+        if s.current.len() < o + buf.len() {
+            s.current.resize(o + buf.len(), 0);
+        }
+        let old = s.current[o..o + buf.len()].to_vec();
+        s.current[o..o + buf.len()].copy_from_slice(buf);
+        s.unflushed.push(Undo::Write {
+            offset,
+            old,
+            new: buf.to_vec(),
+            old_len,
+        });
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        let mut s = self.0.lock().unwrap();
+        Self::step(&mut s)?;
+        s.unflushed.clear();
+        Ok(())
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.lock().unwrap().current.len() as u64)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut s = self.0.lock().unwrap();
+        Self::step(&mut s)?;
+        let old_len = s.current.len();
+        let new_len = len as usize;
+        let old_tail = if new_len < old_len {
+            s.current[new_len..].to_vec()
+        } else {
+            vec![]
+        };
+        s.current.resize(new_len, 0);
+        s.unflushed.push(Undo::SetLen {
+            old_len,
+            old_tail,
+            new_len,
+        });
+        Ok(())
+    }
+}
+
+struct Outcome {
+    /// Model state index of the last acknowledged point (0 = initial).
+    acked: usize,
+    /// Index of the last state that may have reached the disk.
+    latest: usize,
+}
+
+/// Runs `ops` until the storage dies. States: 0 = before any op, i+1 =
+/// after op i.
+fn run_until_crash(
+    leaf: &Arc<CrashStorage>,
+    parent: &Option<Arc<MemStorage>>,
+    ops: &[Op],
+) -> Outcome {
+    let mut acked = 0;
+    let mut disk = match open(leaf.clone(), parent, OpenOptions::writable()) {
+        Ok(d) => d,
+        Err(_) => return Outcome { acked, latest: 0 },
+    };
+    for (i, op) in ops.iter().enumerate() {
+        let r = match op {
+            Op::Reopen => {
+                let r = disk.close();
+                if r.is_ok() {
+                    acked = i + 1;
+                }
+                match open(leaf.clone(), parent, OpenOptions::writable()) {
+                    Ok(d) => {
+                        disk = d;
+                        r
+                    }
+                    Err(e) => {
+                        return Outcome {
+                            acked,
+                            latest: i + 1,
+                        }
+                        .or_fail(e)
+                    }
+                }
+            }
+            _ => run(&mut disk, op),
+        };
+        match r {
+            Ok(()) => {
+                if let Op::Flush = op {
+                    acked = i + 1;
+                }
+            }
+            Err(_) => {
+                return Outcome {
+                    acked,
+                    latest: i + 1,
+                }
+            }
+        }
+    }
+    let r = disk.close();
+    if r.is_ok() {
+        acked = ops.len();
+    }
+    Outcome {
+        acked,
+        latest: ops.len(),
+    }
+}
+
+trait OrFail {
+    fn or_fail(self, e: vhdx::Error) -> Self;
+}
+impl OrFail for Outcome {
+    fn or_fail(self, e: vhdx::Error) -> Self {
+        // Reopening during the workload fails only because the storage died.
+        assert!(format!("{e}").contains("injected crash"), "{e}");
+        self
+    }
+}
+
+/// Runs a workload with a crash after every possible operation count and
+/// checks each outcome. Returns the number of crash points.
+fn crash_everywhere(setup: &Setup, ops: &[Op]) -> u64 {
+    // Model states and which ops the model allows.
+    let mut model = Model::new(setup);
+    let mut states = vec![model.bytes.clone()];
+    let mut allowed_ops = Vec::new();
+    for op in ops {
+        let mut m = model.clone();
+        if m.apply(op) {
+            model = m;
+            allowed_ops.push(op.clone());
+            states.push(model.bytes.clone());
+        }
+    }
+    let ops = allowed_ops;
+    // A clean run counts the storage operations.
+    let leaf = Arc::new(CrashStorage::default());
+    let parent = build(setup, &*leaf);
+    leaf.arm(None);
+    let o = run_until_crash(&leaf, &parent, &ops);
+    assert_eq!(o.latest, ops.len());
+    let total = leaf.ops();
+    let lss = setup.lss as usize;
+    for n in 0..total {
+        let leaf = Arc::new(CrashStorage::default());
+        let parent = build(setup, &*leaf);
+        leaf.arm(Some(n));
+        let o = run_until_crash(&leaf, &parent, &ops);
+        let pending = leaf.0.lock().unwrap().unflushed.len();
+        let mut r = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let variants: [(&str, Box<dyn FnMut(usize) -> bool>); 3] = [
+            ("unflushed lost", Box::new(|_| false)),
+            ("unflushed kept", Box::new(|_| true)),
+            (
+                "random subset kept",
+                Box::new(move |_| {
+                    r ^= r << 13;
+                    r ^= r >> 7;
+                    r ^= r << 17;
+                    r & 1 == 1
+                }),
+            ),
+        ];
+        for (name, mut keep) in variants {
+            if pending == 0 && name != "unflushed lost" {
+                continue;
+            }
+            let bytes = leaf.after_crash(&mut *keep);
+            let ctx = format!(
+                "crash after {n} of {total} storage ops ({name}), acked state {}, latest {}",
+                o.acked, o.latest
+            );
+            let mem = Arc::new(MemStorage::new(bytes.clone()));
+            let ro = open(mem.clone(), &parent, OpenOptions::read_only())
+                .unwrap_or_else(|e| panic!("{ctx}: read-only reopen: {e}"));
+            let size = ro.virtual_size() as usize;
+            let mut got = vec![0u8; size];
+            ro.read_at(&mut got, 0).unwrap();
+            drop(ro);
+            let report = vhdx::check::check(Box::new(mem.clone()), "disk.vhdx").unwrap();
+            assert!(!report.is_corrupt(), "{ctx}: check: {:?}", report.problems);
+            let rw = open(mem.clone(), &parent, OpenOptions::writable())
+                .unwrap_or_else(|e| panic!("{ctx}: writable reopen: {e}"));
+            let mut got_rw = vec![0u8; rw.virtual_size() as usize];
+            rw.read_at(&mut got_rw, 0).unwrap();
+            rw.close().unwrap();
+            assert!(got == got_rw, "{ctx}: in-memory and on-disk replay differ");
+            let candidates = &states[o.acked..=o.latest];
+            assert!(
+                candidates.iter().any(|s| s.len() == size),
+                "{ctx}: size {size} is none of {:?}",
+                candidates.iter().map(|s| s.len()).collect::<Vec<_>>()
+            );
+            for (k, sector) in got.chunks(lss).enumerate() {
+                let at = k * lss;
+                let ok = candidates
+                    .iter()
+                    .any(|s| match s.get(at..at + sector.len()) {
+                        Some(v) => v == sector,
+                        None => sector.iter().all(|&b| b == 0),
+                    });
+                assert!(
+                    ok,
+                    "{ctx}: sector at {at:#x} holds a value no allowed state has"
+                );
+            }
+        }
+    }
+    total
+}
+
+fn workload(setup: &Setup, seed: u64, count: usize) -> Vec<Op> {
+    let mut s = seed;
+    let mut rng = move || {
+        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    // Only ops that fit the size the model will have.
+    let mut size = setup.size;
+    random_ops(&mut rng, setup, count * 2)
+        .into_iter()
+        .filter(|op| {
+            let fits = match *op {
+                Op::Write { off, len, .. } | Op::Discard { off, len, .. } => off + len <= size,
+                Op::Resize { size: s } => {
+                    // Grow only: a refused shrink would shift the plan.
+                    if s >= size {
+                        size = s;
+                        true
+                    } else {
+                        false
+                    }
+                }
+                _ => true,
+            };
+            fits
+        })
+        .take(count)
+        .collect()
+}
+
+fn setup(kind: Kind, lss: u32) -> Setup {
+    Setup {
+        kind,
+        block_size: 1 << 20,
+        lss,
+        size: 3 * MIB + 7 * lss as u64,
+        parent_size: 2 * MIB + 512 * 1024,
+        seed: 7,
+    }
+}
+
+#[test]
+fn crash_at_every_point_of_mixed_workloads() {
+    let mut points = 0;
+    for (kind, lss, seed) in [
+        (Kind::Dynamic, 512, 1),
+        (Kind::Differencing, 512, 2),
+        (Kind::Fixed, 512, 3),
+        (Kind::Differencing, 4096, 4),
+        (Kind::Dynamic, 4096, 5),
+    ] {
+        let s = setup(kind, lss);
+        let ops = workload(&s, seed, 36);
+        let n = crash_everywhere(&s, &ops);
+        println!("{kind:?}/{lss}: {} ops, {n} crash points", ops.len());
+        points += n;
+    }
+    println!("{points} crash points in all");
+    assert!(points >= 500, "only {points} crash points");
+}
