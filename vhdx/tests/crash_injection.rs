@@ -171,6 +171,9 @@ impl Storage for CrashStorage {
     }
 }
 
+/// Chooses which unflushed changes survive a crash.
+type Keep = Box<dyn FnMut(usize) -> bool>;
+
 struct Outcome {
     /// Model state index of the last acknowledged point (0 = initial).
     acked: usize,
@@ -279,7 +282,7 @@ fn crash_everywhere(setup: &Setup, ops: &[Op]) -> u64 {
         let o = run_until_crash(&leaf, &parent, &ops);
         let pending = leaf.0.lock().unwrap().unflushed.len();
         let mut r = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let variants: [(&str, Box<dyn FnMut(usize) -> bool>); 3] = [
+        let variants: [(&str, Keep); 3] = [
             ("unflushed lost", Box::new(|_| false)),
             ("unflushed kept", Box::new(|_| true)),
             (
@@ -354,7 +357,7 @@ fn workload(setup: &Setup, seed: u64, count: usize) -> Vec<Op> {
     random_ops(&mut rng, setup, count * 2)
         .into_iter()
         .filter(|op| {
-            let fits = match *op {
+            match *op {
                 Op::Write { off, len, .. } | Op::Discard { off, len, .. } => off + len <= size,
                 Op::Resize { size: s } => {
                     // Grow only: a refused shrink would shift the plan.
@@ -366,8 +369,7 @@ fn workload(setup: &Setup, seed: u64, count: usize) -> Vec<Op> {
                     }
                 }
                 _ => true,
-            };
-            fits
+            }
         })
         .take(count)
         .collect()
