@@ -130,7 +130,7 @@ pub fn problem_json(p: &vhdx::Problem) -> Value {
     })
 }
 
-fn human(n: u64) -> String {
+pub(crate) fn human(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = n as f64;
     let mut u = 0;

@@ -1,11 +1,16 @@
-//! `hvkit`: inspect, check, read, convert and compare Hyper-V disk images.
+//! `hvkit`: inspect, check, read, write, create, resize, convert and
+//! compare Hyper-V disk images.
 
 mod cmd_check;
 mod cmd_compare;
 mod cmd_convert;
+mod cmd_create;
 mod cmd_demo;
+mod cmd_discard;
 mod cmd_info;
 mod cmd_read;
+mod cmd_resize;
+mod cmd_write;
 mod image_arg;
 mod progress;
 
@@ -27,7 +32,15 @@ enum Command {
     Check(cmd_check::Args),
     /// Write guest bytes of an image (through its chain) to stdout or a file
     Read(cmd_read::Args),
-    /// Flatten a VHDX or chain into a raw image (sparse where it reads zero)
+    /// Create a new fixed, dynamic or differencing VHDX file
+    Create(cmd_create::Args),
+    /// Write bytes from a file or stdin into an image at a guest offset
+    Write(cmd_write::Args),
+    /// Discard a range of an image (zero, unmap, or show the parent again)
+    Discard(cmd_discard::Args),
+    /// Change the virtual size of an image (grow, or shrink with --allow-shrink)
+    Resize(cmd_resize::Args),
+    /// Flatten a VHDX or chain into a raw image, or make a VHDX from a raw image or chain
     Convert(cmd_convert::Args),
     /// Compare the guest-visible content of two images; exit 0 same, 1 different, 2 error
     Compare(cmd_compare::Args),
@@ -41,6 +54,10 @@ fn main() -> ExitCode {
         Command::Info(a) => cmd_info::run(a),
         Command::Check(a) => cmd_check::run(a),
         Command::Read(a) => cmd_read::run(a),
+        Command::Create(a) => cmd_create::run(a),
+        Command::Write(a) => cmd_write::run(a),
+        Command::Discard(a) => cmd_discard::run(a),
+        Command::Resize(a) => cmd_resize::run(a),
         Command::Convert(a) => cmd_convert::run(a),
         Command::Compare(a) => cmd_compare::run(a),
         Command::Demo(a) => cmd_demo::run(a),

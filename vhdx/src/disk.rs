@@ -229,6 +229,7 @@ impl Disk {
     pub fn resize(&mut self, new_size: u64, allow_shrink: bool) -> Result<()> {
         let old = self.virtual_size();
         let path = self.leaf().path().to_string();
+        self.leaf().validate_virtual_size(new_size)?;
         if new_size < old {
             if !allow_shrink {
                 return Err(Error::unsupported(

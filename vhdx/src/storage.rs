@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::RwLock;
 
@@ -21,6 +22,17 @@ pub trait Storage: Send + Sync {
     }
     /// Truncates or extends (with zeros) to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Extends the storage to at least `len` bytes (it never shrinks) and,
+    /// where the storage can, reserves the space so later writes inside it
+    /// cannot fail for lack of room. Best effort: the default (and a file on
+    /// a filesystem without `fallocate`) only extends with `set_len`, which
+    /// leaves a sparse file.
+    fn preallocate(&self, len: u64) -> io::Result<()> {
+        if self.len()? < len {
+            self.set_len(len)?;
+        }
+        Ok(())
+    }
     /// The underlying file, when there is one (lets callers use
     /// `copy_file_range` and similar).
     fn as_file(&self) -> Option<&File> {
@@ -44,6 +56,37 @@ impl Storage for File {
     fn set_len(&self, len: u64) -> io::Result<()> {
         File::set_len(self, len)
     }
+    /// `fallocate(2)` over `0..len` (allocates every hole, extends the
+    /// file); falls back to `set_len` where the filesystem does not support
+    /// it. Running out of space is an error.
+    fn preallocate(&self, len: u64) -> io::Result<()> {
+        let Ok(want) = libc::off_t::try_from(len) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cannot preallocate {len} bytes"),
+            ));
+        };
+        if want > 0 {
+            loop {
+                // SAFETY: plain syscall on a file descriptor we own for the
+                // duration of the call; no memory is passed.
+                let r = unsafe { libc::fallocate(self.as_raw_fd(), 0, 0, want) };
+                if r == 0 {
+                    return Ok(());
+                }
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => break,
+                    _ => return Err(e),
+                }
+            }
+        }
+        if Storage::len(self)? < len {
+            File::set_len(self, len)?;
+        }
+        Ok(())
+    }
     fn as_file(&self) -> Option<&File> {
         Some(self)
     }
@@ -64,6 +107,9 @@ impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         (**self).set_len(len)
+    }
+    fn preallocate(&self, len: u64) -> io::Result<()> {
+        (**self).preallocate(len)
     }
     fn as_file(&self) -> Option<&File> {
         (**self).as_file()

@@ -86,7 +86,7 @@ impl VhdxFile {
 
     /// Before the first change of this open: a new FileWriteGuid, and for a
     /// change the guest can see, a new DataWriteGuid (2.2.2.1).
-    fn begin_change(&mut self, user_visible: bool) -> Result<()> {
+    pub(crate) fn begin_change(&mut self, user_visible: bool) -> Result<()> {
         self.require_writable()?;
         let renew_file = !self.pending.file_guid_renewed;
         let renew_data = user_visible && !self.pending.data_guid_renewed;
@@ -224,45 +224,96 @@ impl VhdxFile {
             return Ok(());
         }
         self.begin_change(true)?;
-        let g = self.geometry;
-        let lss = g.logical_sector_size;
+        let bs = self.geometry.block_size;
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;
-            let block = pos / g.block_size;
-            let in_block = pos % g.block_size;
-            let n = ((g.block_size - in_block) as usize).min(buf.len() - done);
-            let piece = &buf[done..done + n];
-            let (state, at) = self.payload_state(block)?;
-            let (s0, s1) = (in_block / lss, (in_block + n as u64) / lss);
-            match state {
-                PayloadState::FullyPresent => self.write_raw(piece, at + in_block)?,
-                PayloadState::PartiallyPresent if g.has_parent => {
-                    self.write_raw(piece, at + in_block)?;
-                    self.set_bits(block, s0, s1, true)?;
-                    if self.all_bits_set(block)? {
-                        self.set_payload(block, PayloadState::FullyPresent, at);
-                    }
-                }
-                _ => {
-                    let at = self.allocate(g.block_size)?;
-                    self.write_raw(piece, at + in_block)?;
-                    let whole = n as u64 == g.block_len(block);
-                    if g.has_parent && state == PayloadState::NotPresent && !whole {
-                        // Unwritten sectors keep showing the parent.
-                        let spb = g.sectors_per_block();
-                        self.set_bits(block, 0, spb, false)?;
-                        self.set_bits(block, s0, s1, true)?;
-                        self.set_payload(block, PayloadState::PartiallyPresent, at);
-                    } else {
-                        // The rest of the new block is zero, as the block read before.
-                        self.set_payload(block, PayloadState::FullyPresent, at);
-                    }
-                }
-            }
+            let n = ((bs - pos % bs) as usize).min(buf.len() - done);
+            let at = self.map_block_write(pos, n as u64)?;
+            self.write_raw(&buf[done..done + n], at)?;
             done += n;
         }
         self.commit_if_full()
+    }
+
+    /// Maps whole logical sectors `offset..offset+len`, which lie inside one
+    /// block, for a write whose bytes the caller puts at the returned file
+    /// offset itself (with `copy_file_range`, a reflink, or a plain write to
+    /// [`VhdxFile::storage`]) before the next [`VhdxFile::commit`]. The BAT and
+    /// sector bitmaps change (in memory, until the commit) exactly as
+    /// [`VhdxFile::write_sectors`] would change them; the range's sectors
+    /// read as whatever the file holds there until the caller writes them.
+    pub fn map_write(&mut self, offset: u64, len: u64) -> Result<u64> {
+        self.check_sector_range(offset, len)?;
+        let bs = self.geometry.block_size;
+        if len == 0 || offset % bs + len > bs {
+            return Err(Error::unsupported(
+                &self.path,
+                format!("range {offset:#x}+{len:#x} is empty or crosses a block boundary"),
+            ));
+        }
+        self.begin_change(true)?;
+        let at = self.map_block_write(offset, len)?;
+        self.commit_if_full()?;
+        Ok(at)
+    }
+
+    /// The state changes of a write of `len` bytes at `pos` (sector aligned,
+    /// inside one block); returns the file offset of `pos`.
+    fn map_block_write(&mut self, pos: u64, len: u64) -> Result<u64> {
+        let g = self.geometry;
+        let lss = g.logical_sector_size;
+        let block = pos / g.block_size;
+        let in_block = pos % g.block_size;
+        let (state, at) = self.payload_state(block)?;
+        let (s0, s1) = (in_block / lss, (in_block + len) / lss);
+        Ok(match state {
+            PayloadState::FullyPresent => at + in_block,
+            PayloadState::PartiallyPresent if g.has_parent => {
+                self.set_bits(block, s0, s1, true)?;
+                if self.all_bits_set(block)? {
+                    self.set_payload(block, PayloadState::FullyPresent, at);
+                }
+                at + in_block
+            }
+            _ => {
+                let at = self.allocate(g.block_size)?;
+                let whole = len == g.block_len(block);
+                if g.has_parent && state == PayloadState::NotPresent && !whole {
+                    // Unwritten sectors keep showing the parent.
+                    let spb = g.sectors_per_block();
+                    self.set_bits(block, 0, spb, false)?;
+                    self.set_bits(block, s0, s1, true)?;
+                    self.set_payload(block, PayloadState::PartiallyPresent, at);
+                } else {
+                    // The rest of the new block is zero, as the block read before.
+                    self.set_payload(block, PayloadState::FullyPresent, at);
+                }
+                at + in_block
+            }
+        })
+    }
+
+    /// Makes `guid` this file's DataWriteGuid for the rest of the open and
+    /// stops the first data change from renewing it (2.2.2.1). A merge uses
+    /// it: the guid it pins is one the merged child already accepts through
+    /// `parent_linkage2`, so the child keeps opening while its parent
+    /// changes under it in ways the child cannot see. Writes the header only
+    /// when the guid differs.
+    pub fn pin_data_write_guid(&mut self, guid: Uuid) -> Result<()> {
+        self.require_writable()?;
+        if self.header.data_write_guid != guid || !self.pending.file_guid_renewed {
+            let renew_file = !self.pending.file_guid_renewed;
+            self.update_header(|h| {
+                if renew_file {
+                    h.file_write_guid = Uuid::new_v4();
+                }
+                h.data_write_guid = guid;
+            })?;
+        }
+        self.pending.file_guid_renewed = true;
+        self.pending.data_guid_renewed = true;
+        Ok(())
     }
 
     /// Discards whole logical sectors `offset..offset+len` (see [`DiscardMode`]).
@@ -367,20 +418,28 @@ impl VhdxFile {
         Ok(())
     }
 
-    /// Changes the virtual size. Growing keeps the content and the new range
-    /// reads zeros (for a differencing disk, `parent_size` says how much of
-    /// it the parent would otherwise show). Shrinking drops the BAT entries
-    /// past the new end; the caller checks that nothing visible is lost.
-    pub fn set_virtual_size(&mut self, new_size: u64, parent_size: u64) -> Result<()> {
-        self.require_writable()?;
-        let old = self.geometry;
-        let lss = old.logical_sector_size;
+    /// Refuses a virtual size this file cannot take: zero, not a multiple
+    /// of the logical sector size, or over 64 TiB.
+    pub(crate) fn validate_virtual_size(&self, new_size: u64) -> Result<()> {
+        let lss = self.geometry.logical_sector_size;
         if new_size == 0 || !new_size.is_multiple_of(lss) || new_size > MAX_VIRTUAL_SIZE {
             return Err(Error::unsupported(
                 &self.path,
                 format!("size {new_size} must be a non-zero multiple of {lss} up to 64 TiB"),
             ));
         }
+        Ok(())
+    }
+
+    /// Changes the virtual size. Growing keeps the content and the new range
+    /// reads zeros (for a differencing disk, `parent_size` says how much of
+    /// it the parent would otherwise show). Shrinking drops the BAT entries
+    /// past the new end; the caller checks that nothing visible is lost.
+    pub fn set_virtual_size(&mut self, new_size: u64, parent_size: u64) -> Result<()> {
+        self.require_writable()?;
+        self.validate_virtual_size(new_size)?;
+        let old = self.geometry;
+        let lss = old.logical_sector_size;
         if new_size == old.virtual_size {
             return Ok(());
         }
@@ -493,8 +552,13 @@ impl VhdxFile {
                 ),
             ));
         }
-        let mut at = self.metadata_region.file_offset + e.offset as u64;
-        let mut rest = value;
+        self.stage_bytes(self.metadata_region.file_offset + e.offset as u64, value)
+    }
+
+    /// Stages `bytes` at file offset `at` as pending pages (committed
+    /// through the log).
+    pub(crate) fn stage_bytes(&mut self, mut at: u64, bytes: &[u8]) -> Result<()> {
+        let mut rest = bytes;
         while !rest.is_empty() {
             let page_at = at / PAGE * PAGE;
             let k = ((page_at + PAGE - at) as usize).min(rest.len());
