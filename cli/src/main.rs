@@ -8,6 +8,7 @@ mod cmd_create;
 mod cmd_demo;
 mod cmd_discard;
 mod cmd_info;
+mod cmd_merge;
 mod cmd_read;
 mod cmd_resize;
 mod cmd_write;
@@ -40,6 +41,8 @@ enum Command {
     Discard(cmd_discard::Args),
     /// Change the virtual size of an image (grow, or shrink with --allow-shrink)
     Resize(cmd_resize::Args),
+    /// Merge a differencing disk (or several layers) into an ancestor, as deleting a checkpoint does
+    Merge(cmd_merge::Args),
     /// Flatten a VHDX or chain into a raw image, or make a VHDX from a raw image or chain
     Convert(cmd_convert::Args),
     /// Compare the guest-visible content of two images; exit 0 same, 1 different, 2 error
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Write(a) => cmd_write::run(a),
         Command::Discard(a) => cmd_discard::run(a),
         Command::Resize(a) => cmd_resize::run(a),
+        Command::Merge(a) => cmd_merge::run(a),
         Command::Convert(a) => cmd_convert::run(a),
         Command::Compare(a) => cmd_compare::run(a),
         Command::Demo(a) => cmd_demo::run(a),
@@ -100,6 +104,15 @@ impl From<vhdx::Error> for CliError {
     fn from(e: vhdx::Error) -> Self {
         let code = if e.is_corruption() { 2 } else { 1 };
         CliError::new(e.to_string(), code)
+    }
+}
+
+impl From<chain::Error> for CliError {
+    fn from(e: chain::Error) -> Self {
+        match e {
+            chain::Error::Vhdx(v) => v.into(),
+            other => CliError::new(other.to_string(), 1),
+        }
     }
 }
 

@@ -145,7 +145,8 @@ fn copy_pieces(
 
 /// Copies with `copy_file_range` until done, the source ends, or the kernel
 /// cannot (returns the bytes copied; the caller copies the rest itself).
-fn copy_range(
+/// Also used by the chain crate's merge.
+pub fn copy_range(
     src: &File,
     mut off_in: u64,
     dst: &File,

@@ -1,0 +1,347 @@
+//! Merging differencing layers into an ancestor (what Hyper-V does when a
+//! checkpoint is deleted), crash-safe at every step.
+//!
+//! Layers are merged one at a time, the one next to the target first, so
+//! that every disk above keeps reading what it read before at every
+//! instant: merging layer L down into its parent P changes P only where L
+//! hides it. One step (L into P):
+//!
+//! 1. pick P's new DataWriteGuid N and write it into L's locator as
+//!    `parent_linkage2` (L's own content does not change, so its
+//!    DataWriteGuid and its children's links stay valid);
+//! 2. open P, set its DataWriteGuid to N (one header update), copy L's
+//!    present data into P (whole runs, reflinked or `copy_file_range`d;
+//!    sector bitmaps merged when P is itself differencing), turn L's
+//!    ZERO/UNMAPPED blocks into P's zero state, then commit P through its
+//!    log and close it;
+//! 3. re-point every child of L at P (`parent_linkage` N), each through
+//!    its own log;
+//! 4. remove L (unless kept: a kept L still reads correctly over P).
+//!
+//! A crash anywhere leaves L opening over P (it accepts P's old and new
+//! DataWriteGuid) and every disk reading as before; running the same merge
+//! again finds L's `parent_linkage2` equal to P's DataWriteGuid, keeps N,
+//! and completes the step (copying again is harmless).
+
+use crate::copy::Copier;
+use crate::error::{Error, Result};
+use crate::plan::{guid_key, MergePlan};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+use vhdx::create::ParentLink;
+use vhdx::format::locator::ParentLocator;
+use vhdx::write::DiscardMode;
+use vhdx::{OpenOptions, Run, VhdxFile};
+
+/// How the merge opens and removes files (the real filesystem, or test
+/// wrappers that inject crashes).
+pub trait Files {
+    fn open(&self, path: &Path, writable: bool) -> vhdx::Result<VhdxFile>;
+    fn remove(&self, path: &Path) -> std::io::Result<()>;
+}
+
+/// The files on disk.
+pub struct OsFiles;
+
+impl Files for OsFiles {
+    fn open(&self, path: &Path, writable: bool) -> vhdx::Result<VhdxFile> {
+        let o = if writable {
+            OpenOptions::writable()
+        } else {
+            OpenOptions::read_only()
+        };
+        VhdxFile::open_path(path, o)
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::remove_file(path)
+    }
+}
+
+/// Options of a merge.
+#[derive(Debug, Clone)]
+pub struct MergeOptions {
+    /// Keep the merged files instead of removing them.
+    pub keep: bool,
+    /// Try reflinks (`FICLONERANGE`) before copying.
+    pub reflink: bool,
+    /// Commit the target's metadata after this many guest bytes (bounds the
+    /// work a crash throws away and the memory of pending pages).
+    pub commit_every: u64,
+}
+
+impl Default for MergeOptions {
+    fn default() -> Self {
+        MergeOptions {
+            keep: false,
+            reflink: true,
+            commit_every: 1 << 30,
+        }
+    }
+}
+
+/// What a merge did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MergeStats {
+    /// Layers merged into the target.
+    pub layers_merged: usize,
+    /// Guest bytes copied (`copy_file_range` or read and write).
+    pub bytes_copied: u64,
+    /// Guest bytes shared by reflink.
+    pub bytes_reflinked: u64,
+    /// Guest bytes turned into the target's zero state.
+    pub bytes_zeroed: u64,
+    /// Whole blocks of the target set to ZERO without writing.
+    pub blocks_zeroed: u64,
+    /// Disks re-pointed at the target.
+    pub children_repointed: Vec<PathBuf>,
+    /// Files removed.
+    pub files_removed: Vec<PathBuf>,
+    pub elapsed: Duration,
+}
+
+/// Carries out `plan`. `progress(done, total)` gets guest bytes handled.
+pub fn merge(
+    files: &dyn Files,
+    plan: &MergePlan,
+    opts: &MergeOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<MergeStats> {
+    let start = Instant::now();
+    let k = plan.layers.len() - 1;
+    let target = &plan.layers[k];
+    let total: u64 = plan.layer_bytes.iter().sum();
+    let mut done_before = 0u64;
+    let mut stats = MergeStats::default();
+    let mut copier = Copier::new(opts.reflink);
+    for l in &plan.leftovers {
+        files.remove(l).map_err(|e| Error::io(l, e))?;
+        stats.files_removed.push(l.clone());
+    }
+    for i in (0..k).rev() {
+        let mut repoint: Vec<PathBuf> = plan.children[i].clone();
+        if i > 0 {
+            repoint.insert(0, plan.layers[i - 1].clone());
+        }
+        let mut step_progress = |d: u64| progress(done_before + d, total);
+        merge_step(
+            files,
+            &plan.layers[i],
+            target,
+            &repoint,
+            plan.target_parent_size,
+            opts,
+            &mut copier,
+            &mut stats,
+            &mut step_progress,
+        )?;
+        done_before += plan.layer_bytes[i];
+        progress(done_before, total);
+    }
+    stats.bytes_copied = copier.counts.copied;
+    stats.bytes_reflinked = copier.counts.reflinked;
+    stats.elapsed = start.elapsed();
+    Ok(stats)
+}
+
+fn braced(g: Uuid) -> String {
+    format!("{{{g}}}")
+}
+
+/// `loc` with `key` set to `value` (added at the end when missing).
+fn with_entry(loc: &ParentLocator, key: &str, value: String) -> ParentLocator {
+    let mut l = loc.clone();
+    match l.entries.iter_mut().find(|(k, _)| k == key) {
+        Some(e) => e.1 = value,
+        None => l.entries.push((key.to_string(), value)),
+    }
+    l
+}
+
+/// One step: `child` (whose parent is `parent`) into `parent`.
+#[allow(clippy::too_many_arguments)]
+fn merge_step(
+    files: &dyn Files,
+    child_path: &Path,
+    parent_path: &Path,
+    repoint: &[PathBuf],
+    parent_parent_size: u64,
+    opts: &MergeOptions,
+    copier: &mut Copier,
+    stats: &mut MergeStats,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    // 1. The child accepts the parent's next DataWriteGuid.
+    let old_guid = files.open(parent_path, false)?.header().data_write_guid;
+    let mut child = files.open(child_path, true)?;
+    let loc = child
+        .parent_locator()
+        .cloned()
+        .ok_or_else(|| Error::refused(child_path, "it has no parent locator"))?;
+    let (l1, l2) = (
+        guid_key(&loc, "parent_linkage"),
+        guid_key(&loc, "parent_linkage2"),
+    );
+    let new_guid = if l2 == Some(old_guid) && l1.is_some() {
+        // A merge of this child was cut off after the parent took its new
+        // guid: go on with it.
+        old_guid
+    } else if l1 == Some(old_guid) {
+        let n = Uuid::new_v4();
+        child.set_parent_locator(&with_entry(&loc, "parent_linkage2", braced(n)))?;
+        n
+    } else {
+        return Err(vhdx::Error::ParentMismatch {
+            child: child_path.display().to_string(),
+            parent: parent_path.display().to_string(),
+            expected: loc.get("parent_linkage").unwrap_or("(none)").to_string(),
+            actual: old_guid,
+        }
+        .into());
+    };
+    child.close()?;
+    drop(child);
+    let child = files.open(child_path, false)?;
+
+    // 2. Copy into the parent under its new identity.
+    let mut parent = files.open(parent_path, true)?;
+    if parent.logical_sector_size() != child.logical_sector_size() {
+        return Err(Error::refused(
+            child_path,
+            "its logical sector size differs from the parent's",
+        ));
+    }
+    parent.pin_data_write_guid(new_guid)?;
+    if child.virtual_size() > parent.virtual_size() {
+        parent.set_virtual_size(child.virtual_size(), parent_parent_size)?;
+    }
+    copy_layer(&child, &mut parent, opts, copier, stats, progress)?;
+    parent.close()?;
+    drop(parent);
+    stats.layers_merged += 1;
+
+    // 3. Children of the merged layer now hang off the parent.
+    for g in repoint {
+        let mut f = files.open(g, true)?;
+        let link = ParentLink::for_parent(g, parent_path, new_guid);
+        f.set_parent_locator(&link.locator())?;
+        f.close()?;
+        stats.children_repointed.push(g.clone());
+    }
+
+    // 4. The merged layer is no longer needed. A kept one becomes a plain
+    // child of the parent (it reads the same over it), so that later
+    // merges into the parent see it as a user.
+    drop(child);
+    if opts.keep {
+        let mut c = files.open(child_path, true)?;
+        let loc = c.parent_locator().cloned().expect("checked above");
+        let mut loc = with_entry(&loc, "parent_linkage", braced(new_guid));
+        loc.entries.retain(|(k, _)| k != "parent_linkage2");
+        c.set_parent_locator(&loc)?;
+        c.close()?;
+    } else {
+        files
+            .remove(child_path)
+            .map_err(|e| Error::io(child_path, e))?;
+        stats.files_removed.push(child_path.to_path_buf());
+    }
+    Ok(())
+}
+
+/// A copy waiting to be issued, grown while the next piece continues it in
+/// both files.
+#[derive(Clone, Copy)]
+struct PendingCopy {
+    src: u64,
+    dst: u64,
+    len: u64,
+}
+
+/// Copies `child`'s own data into `parent` and gives `parent` zero state
+/// where `child` reads zeros; "ask the parent" ranges are skipped.
+fn copy_layer(
+    child: &VhdxFile,
+    parent: &mut VhdxFile,
+    opts: &MergeOptions,
+    copier: &mut Copier,
+    stats: &mut MergeStats,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let size = child.virtual_size();
+    let pbs = parent.block_size();
+    let mut pos = 0u64;
+    let mut done = 0u64;
+    let mut since_commit = 0u64;
+    let mut pending: Option<PendingCopy> = None;
+    // Runs are collected per window so the closure does not hold `parent`.
+    const WINDOW: u64 = 256 << 20;
+    let mut runs: Vec<(u64, Run)> = Vec::new();
+    while pos < size {
+        let len = WINDOW.min(size - pos);
+        runs.clear();
+        let mut at = pos;
+        child.for_each_run(pos, len, &mut |r| {
+            runs.push((at, r));
+            at += r.len();
+            Ok(())
+        })?;
+        for &(guest, run) in &runs {
+            match run {
+                Run::Data { offset, len, .. } => {
+                    let mut p = 0u64;
+                    while p < len {
+                        let g = guest + p;
+                        let n = (pbs - g % pbs).min(len - p);
+                        let dst = parent.map_write(g, n)?;
+                        let src = offset + p;
+                        pending = match pending {
+                            Some(c) if c.src + c.len == src && c.dst + c.len == dst => {
+                                Some(PendingCopy {
+                                    len: c.len + n,
+                                    ..c
+                                })
+                            }
+                            other => {
+                                if let Some(c) = other {
+                                    copier.copy(child, c.src, parent, c.dst, c.len)?;
+                                }
+                                Some(PendingCopy { src, dst, len: n })
+                            }
+                        };
+                        p += n;
+                    }
+                    done += len;
+                    since_commit += len;
+                }
+                Run::Zero { len } => {
+                    if let Some(c) = pending.take() {
+                        copier.copy(child, c.src, parent, c.dst, c.len)?;
+                    }
+                    let whole_blocks =
+                        (guest + len) / pbs - guest.div_ceil(pbs).min((guest + len) / pbs);
+                    parent.discard(guest, len, DiscardMode::Zero)?;
+                    stats.bytes_zeroed += len;
+                    stats.blocks_zeroed += whole_blocks;
+                    done += len;
+                    since_commit += len;
+                }
+                Run::Parent { .. } => {}
+            }
+            if since_commit >= opts.commit_every {
+                if let Some(c) = pending.take() {
+                    copier.copy(child, c.src, parent, c.dst, c.len)?;
+                }
+                parent.commit()?;
+                since_commit = 0;
+            }
+        }
+        progress(done);
+        pos += len;
+    }
+    if let Some(c) = pending.take() {
+        copier.copy(child, c.src, parent, c.dst, c.len)?;
+    }
+    parent.commit()?;
+    Ok(())
+}
