@@ -1,0 +1,175 @@
+//! Merges of random chains (depth, block sizes, sector sizes, full, partial,
+//! ZERO, UNMAPPED and NOT_PRESENT blocks, single layers and `--into`)
+//! against what the disks read before; merged bases checked by qemu-img.
+
+mod common;
+
+use chain::MergeOptions;
+use common::*;
+use proptest::prelude::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Builds base <- l1 <- ... <- l{depth} with random content; returns the
+/// paths, base first.
+fn build_chain(dir: &Path, seed: u64, depth: usize, blocks: &[u32], lss: u32) -> Vec<PathBuf> {
+    let mut rng = Rng(seed | 1);
+    let size = 6 * MIB;
+    let base = dir.join("base.vhdx");
+    new_base(&base, size, blocks[0], lss);
+    scribble(&base, &mut rng, 5);
+    let mut paths = vec![base];
+    for i in 1..=depth {
+        let p = dir.join(format!("l{i}.avhdx"));
+        // Some layers are larger than their parent.
+        let grow = (rng.below(4) == 0).then(|| size + (i as u64) * MIB);
+        new_child(&p, paths.last().unwrap(), grow, blocks[i % blocks.len()]);
+        let ops = 4 + rng.below(8) as usize;
+        scribble(&p, &mut rng, ops);
+        paths.push(p);
+    }
+    paths
+}
+
+fn merge_and_verify(paths: &[PathBuf], child: usize, into: usize) {
+    // paths[0] is the base; `child` > `into` index into it.
+    let before: Vec<Vec<u8>> = paths.iter().map(|p| read_all(p)).collect();
+    let into_arg = (into + 1 != child).then(|| paths[into].clone());
+    let plan = chain::plan(&paths[child], into_arg.as_deref(), &Default::default(), &[]).unwrap();
+    assert_eq!(plan.layers.len(), child - into + 1);
+    let stats = chain::merge(
+        &chain::OsFiles,
+        &plan,
+        &MergeOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(stats.layers_merged, child - into);
+    for (i, p) in paths.iter().enumerate() {
+        if i > into && i <= child {
+            assert!(!p.exists(), "{} should be gone", p.display());
+            continue;
+        }
+        // The target now reads what the merged child read; the others as before.
+        let want = if i == into {
+            &before[child]
+        } else {
+            &before[i]
+        };
+        let got = read_all(p);
+        assert_eq!(first_diff(&got, want), None, "{}", p.display());
+        let r = vhdx::check::check_path(p, false).unwrap();
+        assert!(!r.is_corrupt(), "{}: {:?}", p.display(), r.problems);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_chains_merge_to_what_they_read(
+        seed in any::<u64>(),
+        depth in 1usize..=4,
+        blocks in prop::collection::vec(prop::sample::select(vec![1u32 << 20, 2 << 20, 4 << 20]), 1..4),
+        lss in prop::sample::select(vec![512u32, 4096]),
+        pick in any::<u64>(),
+    ) {
+        let dir = scratch();
+        let paths = build_chain(dir.path(), seed, depth, &blocks, lss);
+        let child = 1 + (pick % depth as u64) as usize;
+        let into = ((pick >> 8) % child as u64) as usize;
+        merge_and_verify(&paths, child, into);
+    }
+}
+
+#[test]
+fn the_whole_chain_into_the_base_passes_qemu_img() {
+    if Command::new("qemu-img").arg("--version").output().is_err() {
+        println!("SKIP: qemu-img is not installed");
+        return;
+    }
+    let dir = scratch();
+    let paths = build_chain(dir.path(), 77, 3, &[1 << 20, 2 << 20], 512);
+    let leaf = paths.last().unwrap().clone();
+    let expect = read_all(&leaf);
+    let raw = dir.path().join("expect.raw");
+    std::fs::write(&raw, &expect).unwrap();
+    merge_and_verify(&paths, 3, 0);
+    let base = &paths[0];
+    let out = Command::new("qemu-img")
+        .args(["check", "-f", "vhdx"])
+        .arg(base)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img check: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = Command::new("qemu-img")
+        .args(["compare", "-f", "vhdx", "-F", "raw"])
+        .arg(base)
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img compare: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_target_with_another_child_is_refused_and_left_alone() {
+    let dir = scratch();
+    let d = dir.path();
+    new_base(&d.join("base.vhdx"), 4 * MIB, 1 << 20, 512);
+    new_child(&d.join("a.avhdx"), &d.join("base.vhdx"), None, 1 << 20);
+    new_child(&d.join("b.avhdx"), &d.join("base.vhdx"), None, 1 << 20);
+    let mut rng = Rng(5);
+    scribble(&d.join("a.avhdx"), &mut rng, 4);
+    let before = std::fs::read(d.join("base.vhdx")).unwrap();
+    let e = chain::plan(&d.join("a.avhdx"), None, &Default::default(), &[]).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("b.avhdx") && msg.contains("also the parent"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(d.join("base.vhdx")).unwrap(), before);
+    // A base has nothing to merge into.
+    let e = chain::plan(&d.join("base.vhdx"), None, &Default::default(), &[]).unwrap_err();
+    assert!(e.to_string().contains("not a differencing disk"), "{e}");
+    // --into must name an ancestor.
+    let e = chain::plan(
+        &d.join("a.avhdx"),
+        Some(&d.join("b.avhdx")),
+        &Default::default(),
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("not one of its ancestors"), "{e}");
+}
+
+#[test]
+fn keep_leaves_a_readable_child_that_blocks_later_merges() {
+    let dir = scratch();
+    let d = dir.path();
+    new_base(&d.join("base.vhdx"), 4 * MIB, 1 << 20, 512);
+    new_child(&d.join("a.avhdx"), &d.join("base.vhdx"), None, 1 << 20);
+    let mut rng = Rng(9);
+    scribble(&d.join("a.avhdx"), &mut rng, 6);
+    let want = read_all(&d.join("a.avhdx"));
+    let plan = chain::plan(&d.join("a.avhdx"), None, &Default::default(), &[]).unwrap();
+    let opts = MergeOptions {
+        keep: true,
+        ..MergeOptions::default()
+    };
+    chain::merge(&chain::OsFiles, &plan, &opts, &mut |_, _| {}).unwrap();
+    assert_eq!(read_all(&d.join("a.avhdx")), want);
+    assert_eq!(read_all(&d.join("base.vhdx")), want);
+    // The kept file is now a real child of the base.
+    new_child(&d.join("b.avhdx"), &d.join("base.vhdx"), None, 1 << 20);
+    let e = chain::plan(&d.join("b.avhdx"), None, &Default::default(), &[]).unwrap_err();
+    assert!(e.to_string().contains("a.avhdx"), "{e}");
+}
