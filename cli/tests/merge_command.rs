@@ -1,0 +1,226 @@
+//! `hvkit merge` end to end: output and JSON, refusals and their exit codes,
+//! and `kill -9` at many points of a merge: every time, the chain opens and
+//! reads exactly what it read before, and running the same merge again
+//! completes it.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const MIB: usize = 1 << 20;
+
+fn hvkit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hvkit"))
+        .args(args)
+        .output()
+        .expect("run hvkit")
+}
+
+#[track_caller]
+fn ok(o: Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap())
+}
+
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Writes `data` at `offset` through `hvkit write`.
+fn write(img: &Path, dir: &Path, offset: usize, data: &[u8]) {
+    let input = dir.join("input.bin");
+    std::fs::write(&input, data).unwrap();
+    ok(hvkit(&[
+        "write",
+        p(img),
+        "--offset",
+        &offset.to_string(),
+        "-i",
+        p(&input),
+    ]));
+}
+
+fn flatten(img: &Path, out: &Path) -> Vec<u8> {
+    let _ = std::fs::remove_file(out);
+    ok(hvkit(&["convert", "-q", p(img), p(out), "-O", "raw"]));
+    std::fs::read(out).unwrap()
+}
+
+/// base (64 MiB) <- c1 <- c2, each with data.
+fn chain(dir: &Path, size_mib: usize, data_mib: usize) -> (PathBuf, PathBuf, PathBuf) {
+    let base = dir.join("base.vhdx");
+    let c1 = dir.join("c1.avhdx");
+    let c2 = dir.join("c2.avhdx");
+    ok(hvkit(&[
+        "create",
+        p(&base),
+        "--size",
+        &format!("{size_mib}M"),
+    ]));
+    write(&base, dir, 0, &noise(1, 8 * MIB));
+    ok(hvkit(&["create", p(&c1), "--parent", p(&base)]));
+    write(&c1, dir, 3 * MIB + 512, &noise(2, data_mib * MIB));
+    ok(hvkit(&[
+        "discard",
+        p(&c1),
+        "--offset",
+        "2M",
+        "--length",
+        "1M",
+    ]));
+    ok(hvkit(&["create", p(&c2), "--parent", p(&c1)]));
+    write(&c2, dir, 5 * MIB - 4096, &noise(3, 2 * MIB));
+    (base, c1, c2)
+}
+
+#[test]
+fn merge_has_help() {
+    let out = ok(hvkit(&["merge", "--help"]));
+    for needle in [
+        "--into",
+        "--keep",
+        "--json",
+        "--scan",
+        "--no-reflink",
+        "run the same command again",
+    ] {
+        assert!(out.contains(needle), "{needle} missing from: {out}");
+    }
+}
+
+#[test]
+fn merge_a_middle_layer_then_the_leaf_with_json() {
+    let dir = scratch();
+    let d = dir.path();
+    let (base, c1, c2) = chain(d, 64, 6);
+    let want = flatten(&c2, &d.join("want.raw"));
+    let out = ok(hvkit(&["merge", p(&c1)]));
+    assert!(out.contains("merged 1 layer(s) into"), "{out}");
+    assert!(
+        out.contains("re-pointed:") && out.contains("c2.avhdx"),
+        "{out}"
+    );
+    assert!(!c1.exists());
+    assert_eq!(flatten(&c2, &d.join("got.raw")), want);
+    ok(hvkit(&["check", p(&c2)]));
+
+    let v: Value = serde_json::from_str(&ok(hvkit(&["merge", p(&c2), "--json"]))).unwrap();
+    assert_eq!(v["layers_merged"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        v["bytes_copied"].as_u64().unwrap() + v["bytes_reflinked"].as_u64().unwrap(),
+        2 * MIB as u64
+    );
+    assert_eq!(v["files_removed"][0].as_str(), Some(p(&c2)));
+    assert_eq!(flatten(&base, &d.join("got.raw")), want);
+    ok(hvkit(&["check", p(&base)]));
+}
+
+#[test]
+fn merge_refusals_exit_1_and_change_nothing() {
+    let dir = scratch();
+    let d = dir.path();
+    let (base, c1, _c2) = chain(d, 16, 2);
+    let other = d.join("other.avhdx");
+    ok(hvkit(&["create", p(&other), "--parent", p(&base)]));
+    let before = std::fs::read(&base).unwrap();
+    let o = hvkit(&["merge", p(&c1)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("other.avhdx") && err.contains("also the parent"),
+        "{err}"
+    );
+    let o = hvkit(&["merge", p(&base)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a differencing disk"));
+    let o = hvkit(&["merge", p(&d.join("missing.avhdx"))]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing.avhdx"));
+    assert_eq!(std::fs::read(&base).unwrap(), before);
+    assert!(c1.exists());
+}
+
+#[test]
+fn kill_9_at_any_point_keeps_the_content_and_a_rerun_completes() {
+    let dir = scratch();
+    let d = dir.path();
+    // Big enough that a merge takes a while: 160 MiB of data in c1.
+    let (base, c1, c2) = chain(d, 256, 160);
+    let want = flatten(&c2, &d.join("want.raw"));
+    let pristine = d.join("pristine");
+    std::fs::create_dir(&pristine).unwrap();
+    for f in [&base, &c1, &c2] {
+        std::fs::copy(f, pristine.join(f.file_name().unwrap())).unwrap();
+    }
+    let mut killed = 0;
+    for delay_ms in [0u64, 2, 5, 10, 20, 35, 50, 80, 120, 200, 300, 500] {
+        for f in [&base, &c1, &c2] {
+            std::fs::copy(pristine.join(f.file_name().unwrap()), f).unwrap();
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hvkit"))
+            .args(["merge", "-q", p(&c2), "--into", p(&base)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SIGKILL: no destructor, no flush.
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if status.success() {
+            // Finished before the kill: the base holds everything.
+            assert_eq!(flatten(&base, &d.join("got.raw")), want);
+            continue;
+        }
+        killed += 1;
+        // The chain still reads what it read before, from whichever of the
+        // merged layers remain.
+        let leaf = if c2.exists() { &c2 } else { &base };
+        assert_eq!(
+            flatten(leaf, &d.join("got.raw")),
+            want,
+            "killed after {delay_ms} ms"
+        );
+        if c2.exists() {
+            ok(hvkit(&["merge", "-q", p(&c2), "--into", p(&base)]));
+        } else if c1.exists() {
+            // Only a leftover merged layer remains; the base is complete.
+            assert_eq!(flatten(&base, &d.join("got.raw")), want);
+            continue;
+        }
+        assert!(!c1.exists() && !c2.exists(), "killed after {delay_ms} ms");
+        assert_eq!(
+            flatten(&base, &d.join("got.raw")),
+            want,
+            "rerun after {delay_ms} ms"
+        );
+        ok(hvkit(&["check", p(&base)]));
+    }
+    println!("merges killed mid-way: {killed}");
+    assert!(
+        killed >= 3,
+        "only {killed} merges were still running when killed"
+    );
+}
