@@ -17,4 +17,4 @@ pub mod plan;
 
 pub use error::{Error, Result};
 pub use merge::{merge, Files, MergeOptions, MergeStats, OsFiles};
-pub use plan::{plan, MergePlan};
+pub use plan::{plan, Direction, DirectionChoice, MergePlan, PlanOptions, UpPlan};

@@ -25,7 +25,7 @@
 
 use crate::copy::Copier;
 use crate::error::{Error, Result};
-use crate::plan::{guid_key, MergePlan};
+use crate::plan::{guid_key, Direction, MergePlan, UpPlan};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -117,6 +117,20 @@ pub fn merge(
     for l in &plan.leftovers {
         files.remove(l).map_err(|e| Error::io(l, e))?;
         stats.files_removed.push(l.clone());
+    }
+    if plan.direction == Direction::Up {
+        if let Some(up) = &plan.up {
+            let mut p = |d: u64| progress(d, total);
+            merge_up(files, plan, up, opts, &mut copier, &mut stats, &mut p)?;
+        } else {
+            // Finishing a cut-off upward merge: only the marker is left.
+            clear_absorbed_marker(files, &plan.layers[0])?;
+        }
+        progress(total, total);
+        stats.bytes_copied = copier.counts.copied;
+        stats.bytes_reflinked = copier.counts.reflinked;
+        stats.elapsed = start.elapsed();
+        return Ok(stats);
     }
     for i in (0..k).rev() {
         let mut repoint: Vec<PathBuf> = plan.children[i].clone();
@@ -212,10 +226,21 @@ fn merge_step(
         ));
     }
     parent.pin_data_write_guid(new_guid)?;
-    if child.virtual_size() > parent.virtual_size() {
+    // The merged disk is the child's: its size (past which the child read
+    // zeros whatever the parent held) and its identity.
+    if child.virtual_size() != parent.virtual_size() {
         parent.set_virtual_size(child.virtual_size(), parent_parent_size)?;
     }
-    copy_layer(&child, &mut parent, opts, copier, stats, progress)?;
+    parent.set_virtual_disk_id(child.metadata().virtual_disk_id)?;
+    copy_runs(
+        &child,
+        &[(0, child.virtual_size())],
+        &mut parent,
+        opts,
+        copier,
+        stats,
+        progress,
+    )?;
     parent.close()?;
     drop(parent);
     stats.layers_merged += 1;
@@ -258,90 +283,190 @@ struct PendingCopy {
     len: u64,
 }
 
-/// Copies `child`'s own data into `parent` and gives `parent` zero state
-/// where `child` reads zeros; "ask the parent" ranges are skipped.
-fn copy_layer(
-    child: &VhdxFile,
-    parent: &mut VhdxFile,
+/// Copies `src`'s own data over the guest `ranges` into `dst` at the same
+/// guest offsets, and gives `dst` zero state where `src` reads zeros; "ask
+/// the parent" ranges are skipped. Commits `dst` at the end (and every
+/// `commit_every` bytes), always after the copies its new mappings wait for.
+fn copy_runs(
+    src: &VhdxFile,
+    ranges: &[(u64, u64)],
+    dst: &mut VhdxFile,
     opts: &MergeOptions,
     copier: &mut Copier,
     stats: &mut MergeStats,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
-    let size = child.virtual_size();
-    let pbs = parent.block_size();
-    let mut pos = 0u64;
+    let dbs = dst.block_size();
     let mut done = 0u64;
     let mut since_commit = 0u64;
     let mut pending: Option<PendingCopy> = None;
-    // Runs are collected per window so the closure does not hold `parent`.
+    // Runs are collected per window so the closure does not hold `dst`.
     const WINDOW: u64 = 256 << 20;
     let mut runs: Vec<(u64, Run)> = Vec::new();
-    while pos < size {
-        let len = WINDOW.min(size - pos);
-        runs.clear();
-        let mut at = pos;
-        child.for_each_run(pos, len, &mut |r| {
-            runs.push((at, r));
-            at += r.len();
-            Ok(())
-        })?;
-        for &(guest, run) in &runs {
-            match run {
-                Run::Data { offset, len, .. } => {
-                    let mut p = 0u64;
-                    while p < len {
-                        let g = guest + p;
-                        let n = (pbs - g % pbs).min(len - p);
-                        let dst = parent.map_write(g, n)?;
-                        let src = offset + p;
-                        pending = match pending {
-                            Some(c) if c.src + c.len == src && c.dst + c.len == dst => {
-                                Some(PendingCopy {
-                                    len: c.len + n,
-                                    ..c
-                                })
-                            }
-                            other => {
-                                if let Some(c) = other {
-                                    copier.copy(child, c.src, parent, c.dst, c.len)?;
+    for &(start, len) in ranges {
+        let end = start + len;
+        let mut pos = start;
+        while pos < end {
+            let len = WINDOW.min(end - pos);
+            runs.clear();
+            let mut at = pos;
+            src.for_each_run(pos, len, &mut |r| {
+                runs.push((at, r));
+                at += r.len();
+                Ok(())
+            })?;
+            for &(guest, run) in &runs {
+                match run {
+                    Run::Data { offset, len, .. } => {
+                        let mut p = 0u64;
+                        while p < len {
+                            let g = guest + p;
+                            let n = (dbs - g % dbs).min(len - p);
+                            let to = dst.map_write(g, n)?;
+                            let from = offset + p;
+                            pending = match pending {
+                                Some(c) if c.src + c.len == from && c.dst + c.len == to => {
+                                    Some(PendingCopy {
+                                        len: c.len + n,
+                                        ..c
+                                    })
                                 }
-                                Some(PendingCopy { src, dst, len: n })
-                            }
-                        };
-                        p += n;
+                                other => {
+                                    if let Some(c) = other {
+                                        copier.copy(src, c.src, dst, c.dst, c.len)?;
+                                    }
+                                    Some(PendingCopy {
+                                        src: from,
+                                        dst: to,
+                                        len: n,
+                                    })
+                                }
+                            };
+                            p += n;
+                        }
+                        done += len;
+                        since_commit += len;
                     }
-                    done += len;
-                    since_commit += len;
+                    Run::Zero { len } => {
+                        // A discard may commit: the mapped copies go first.
+                        if let Some(c) = pending.take() {
+                            copier.copy(src, c.src, dst, c.dst, c.len)?;
+                        }
+                        zero_range(dst, guest, len, stats)?;
+                        done += len;
+                        since_commit += len;
+                    }
+                    Run::Parent { .. } => {}
                 }
-                Run::Zero { len } => {
+                if since_commit >= opts.commit_every {
                     if let Some(c) = pending.take() {
-                        copier.copy(child, c.src, parent, c.dst, c.len)?;
+                        copier.copy(src, c.src, dst, c.dst, c.len)?;
                     }
-                    let whole_blocks =
-                        (guest + len) / pbs - guest.div_ceil(pbs).min((guest + len) / pbs);
-                    parent.discard(guest, len, DiscardMode::Zero)?;
-                    stats.bytes_zeroed += len;
-                    stats.blocks_zeroed += whole_blocks;
-                    done += len;
-                    since_commit += len;
+                    dst.commit()?;
+                    since_commit = 0;
                 }
-                Run::Parent { .. } => {}
             }
-            if since_commit >= opts.commit_every {
-                if let Some(c) = pending.take() {
-                    copier.copy(child, c.src, parent, c.dst, c.len)?;
-                }
-                parent.commit()?;
-                since_commit = 0;
-            }
+            progress(done);
+            pos += len;
         }
-        progress(done);
-        pos += len;
     }
     if let Some(c) = pending.take() {
-        copier.copy(child, c.src, parent, c.dst, c.len)?;
+        copier.copy(src, c.src, dst, c.dst, c.len)?;
     }
-    parent.commit()?;
+    dst.commit()?;
+    Ok(())
+}
+
+/// Gives `dst` zero state over a guest range: whole blocks become ZERO
+/// without writing, the rest is zeroed.
+fn zero_range(dst: &mut VhdxFile, guest: u64, len: u64, stats: &mut MergeStats) -> Result<()> {
+    let bs = dst.block_size();
+    let first_whole = guest.div_ceil(bs);
+    let end_whole = (guest + len) / bs;
+    dst.discard(guest, len, DiscardMode::Zero)?;
+    stats.bytes_zeroed += len;
+    stats.blocks_zeroed += end_whole.saturating_sub(first_whole);
+    Ok(())
+}
+
+/// The upward step: the parent's data that the child lacks goes into the
+/// child; the child is re-pointed at the grandparent, naming the absorbed
+/// parent in `parent_linkage2` (it reads the same over either) until the
+/// parent is removed; then that marker is dropped. The child's
+/// DataWriteGuid stays: what it shows never changes, so its own children
+/// stay valid. A crash before the re-point leaves the child over the
+/// parent, reading as before; after it, the child over the grandparent,
+/// reading the same, and a re-run removes the parent and the marker.
+fn merge_up(
+    files: &dyn Files,
+    plan: &MergePlan,
+    up: &UpPlan,
+    opts: &MergeOptions,
+    copier: &mut Copier,
+    stats: &mut MergeStats,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let (child_path, parent_path) = (&plan.layers[0], &plan.layers[1]);
+    let parent = files.open(parent_path, false)?;
+    let parent_guid = parent.header().data_write_guid;
+    let psize = parent.virtual_size();
+    let mut child = files.open(child_path, true)?;
+    let guid = child.header().data_write_guid;
+    child.pin_data_write_guid(guid)?;
+    // The child's holes: inside the parent they get the parent's runs;
+    // past the parent's end the child read zeros, which the grandparent
+    // would not give.
+    let mut holes = Vec::new();
+    let mut past_end = Vec::new();
+    let mut at = 0u64;
+    child.for_each_run(0, child.virtual_size(), &mut |r| {
+        if matches!(r, Run::Parent { .. }) {
+            let inside = psize.saturating_sub(at).min(r.len());
+            if inside > 0 {
+                holes.push((at, inside));
+            }
+            if inside < r.len() && at + inside < up.grandparent_size {
+                past_end.push((at + inside, r.len() - inside));
+            }
+        }
+        at += r.len();
+        Ok(())
+    })?;
+    copy_runs(&parent, &holes, &mut child, opts, copier, stats, progress)?;
+    for (off, len) in past_end {
+        zero_range(&mut child, off, len, stats)?;
+    }
+    child.commit()?;
+    // Re-point at the grandparent; the absorbed parent stays acceptable.
+    let link = ParentLink::for_parent(child_path, &up.grandparent, up.grandparent_guid);
+    let mut loc = link.locator();
+    loc.entries
+        .insert(1, ("parent_linkage2".to_string(), braced(parent_guid)));
+    child.set_parent_locator(&loc)?;
+    child.close()?;
+    drop(child);
+    drop(parent);
+    stats.layers_merged += 1;
+    stats.children_repointed.push(child_path.clone());
+    if !opts.keep {
+        files
+            .remove(parent_path)
+            .map_err(|e| Error::io(parent_path, e))?;
+        stats.files_removed.push(parent_path.clone());
+    }
+    clear_absorbed_marker(files, child_path)
+}
+
+/// Drops `parent_linkage2` from the locator of `path`.
+fn clear_absorbed_marker(files: &dyn Files, path: &Path) -> Result<()> {
+    let mut f = files.open(path, true)?;
+    let Some(mut loc) = f.parent_locator().cloned() else {
+        return Ok(());
+    };
+    if loc.get("parent_linkage2").is_some() {
+        loc.entries.retain(|(k, _)| k != "parent_linkage2");
+        f.set_parent_locator(&loc)?;
+    }
+    f.close()?;
     Ok(())
 }

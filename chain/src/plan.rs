@@ -14,12 +14,59 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 use vhdx::{ChainOptions, Disk, OpenOptions, Run, VhdxFile};
 
+/// Which way a merge moves data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The child's data goes into the ancestor; the merged files go.
+    Down,
+    /// The parent's data that the child lacks goes into the child, which
+    /// is re-pointed at the grandparent; the parent goes.
+    Up,
+}
+
+/// The direction asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DirectionChoice {
+    /// Up when it is allowed and moves fewer bytes, else down.
+    #[default]
+    Auto,
+    Down,
+    Up,
+}
+
+/// What to plan.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    /// The ancestor to merge into (default: the child's parent).
+    pub into: Option<PathBuf>,
+    /// How to open the child's chain.
+    pub chain: ChainOptions,
+    /// More folders to look for other users of the layers in.
+    pub scan: Vec<PathBuf>,
+    pub direction: DirectionChoice,
+}
+
+/// The extra facts of an upward merge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpPlan {
+    /// The parent's parent, which the child will name.
+    pub grandparent: PathBuf,
+    pub grandparent_guid: Uuid,
+    pub grandparent_size: u64,
+    /// Guest bytes of the parent that move into the child.
+    pub bytes: u64,
+}
+
 /// A merge worked out against the files as they are now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MergePlan {
-    /// The merged layers and then the target, child first: `layers[0]` is
-    /// the child named on the command line, the last one the ancestor that
-    /// receives the data.
+    pub direction: Direction,
+    /// Set for an upward merge with work to do.
+    pub up: Option<UpPlan>,
+    /// Down: the merged layers and then the target, child first:
+    /// `layers[0]` is the child named on the command line, the last one the
+    /// ancestor that receives the data. Up: the child and its parent; only
+    /// the child when a cut-off upward merge just needs finishing.
     pub layers: Vec<PathBuf>,
     /// For each layer but the target: the disks other than the layer above
     /// it in `layers` that name it as their parent (branches of the
@@ -31,10 +78,11 @@ pub struct MergePlan {
     /// Virtual size of the target's parent (0 when it has none): a target
     /// that grows must read zeros, not its parent, in the new range.
     pub target_parent_size: u64,
-    /// Merged layers whose removal a crash cut off: they name the target
-    /// only through `parent_linkage2` (its current DataWriteGuid) and no
-    /// disk uses them. They are removed first, before the target changes
-    /// again under them.
+    /// Merged layers whose removal a crash cut off: down, disks that name
+    /// the target only through `parent_linkage2` (its current
+    /// DataWriteGuid); up, the absorbed parent, which the child names
+    /// through `parent_linkage2` while no disk uses it. They are removed
+    /// first, before anything changes under them.
     pub leftovers: Vec<PathBuf>,
 }
 
@@ -116,15 +164,11 @@ pub fn own_bytes(f: &VhdxFile) -> Result<u64> {
     Ok(n)
 }
 
-/// Works out the merge of `child` into `into` (default: its parent), with
-/// `scan` as extra folders to look for other children in.
-pub fn plan(
-    child: &Path,
-    into: Option<&Path>,
-    opts: &ChainOptions,
-    scan: &[PathBuf],
-) -> Result<MergePlan> {
-    let disk = Disk::open(child, opts)?;
+/// Works out the merge of `child` as `opts` asks.
+pub fn plan(child: &Path, opts: &PlanOptions) -> Result<MergePlan> {
+    let into = opts.into.as_deref();
+    let scan = &opts.scan[..];
+    let disk = Disk::open(child, &opts.chain)?;
     let layers = disk.layers();
     if layers.len() < 2 {
         return Err(Error::refused(
@@ -172,6 +216,11 @@ pub fn plan(
             dirs.push(d);
         }
     }
+    if opts.direction != DirectionChoice::Down {
+        if let Some(p) = finish_up_plan(&disk, &dirs)? {
+            return Ok(p);
+        }
+    }
     let ids: Vec<(u64, u64)> = layers[..=k]
         .iter()
         .map(|l| file_id(&l.path))
@@ -215,25 +264,162 @@ pub fn plan(
             leftovers.push(c.path);
         }
     }
-    if !others.is_empty() {
-        return Err(Error::refused(
+    let down_refusal = (!others.is_empty()).then(|| {
+        Error::refused(
             child,
             format!(
                 "{} is also the parent of {}; merging into it would change what they show",
                 target.path.display(),
                 others.join(", ")
             ),
-        ));
-    }
-    let layer_bytes = layers[..k]
+        )
+    });
+    let layer_bytes: Vec<u64> = layers[..k]
         .iter()
         .map(|l| own_bytes(&l.file))
         .collect::<Result<_>>()?;
-    Ok(MergePlan {
+    let down = MergePlan {
+        direction: Direction::Down,
+        up: None,
         layers: layers[..=k].iter().map(|l| l.path.clone()).collect(),
         children,
         layer_bytes,
         target_parent_size: layers.get(k + 1).map_or(0, |l| l.file.virtual_size()),
         leftovers,
+    };
+    let down = match down_refusal {
+        None => Ok(down),
+        Some(e) => Err(e),
+    };
+    if opts.direction == DirectionChoice::Down {
+        return down;
+    }
+    let up = match up_refusal(&disk, k, &dirs)? {
+        None => up_plan(&disk)?,
+        Some(why) if opts.direction == DirectionChoice::Up => {
+            return Err(Error::refused(child, format!("cannot merge up: {why}")))
+        }
+        Some(_) => return down,
+    };
+    if let Ok(d) = &down {
+        if opts.direction == DirectionChoice::Auto && up.bytes >= d.layer_bytes[0] {
+            return down;
+        }
+    }
+    // The child keeps its own children: they see no change.
+    Ok(MergePlan {
+        direction: Direction::Up,
+        layer_bytes: vec![up.bytes],
+        layers: layers[..=1].iter().map(|l| l.path.clone()).collect(),
+        children: vec![Vec::new()],
+        target_parent_size: 0,
+        leftovers: Vec::new(),
+        up: Some(up),
     })
+}
+
+/// Why `disk`'s leaf cannot take its parent's data (None: it can).
+fn up_refusal(disk: &Disk, k: usize, dirs: &[PathBuf]) -> Result<Option<String>> {
+    let layers = disk.layers();
+    if k != 1 {
+        return Ok(Some("an upward merge takes one layer (no --into)".into()));
+    }
+    if layers.len() < 3 {
+        return Ok(Some(if layers[1].file.has_parent() {
+            "the grandparent was not opened".into()
+        } else {
+            format!(
+                "the parent {} is the base of the chain",
+                layers[1].path.display()
+            )
+        }));
+    }
+    let child_id = file_id(&layers[0].path)?;
+    let others: Vec<String> = children_of(&layers[1].path, dirs)?
+        .into_iter()
+        .filter(|c| file_id(&c.path).ok() != Some(child_id))
+        .map(|c| c.path.display().to_string())
+        .collect();
+    if !others.is_empty() {
+        return Ok(Some(format!(
+            "the parent {} is also used by {}",
+            layers[1].path.display(),
+            others.join(", ")
+        )));
+    }
+    Ok(None)
+}
+
+/// The bytes an upward merge moves: the parent's own runs inside the
+/// child's "ask the parent" ranges.
+fn up_plan(disk: &Disk) -> Result<UpPlan> {
+    let layers = disk.layers();
+    let (c, p, gp) = (&layers[0].file, &layers[1].file, &layers[2]);
+    let mut holes = Vec::new();
+    let mut at = 0u64;
+    c.for_each_run(0, c.virtual_size(), &mut |r| {
+        if matches!(r, Run::Parent { .. }) && at < p.virtual_size() {
+            holes.push((at, r.len().min(p.virtual_size() - at)));
+        }
+        at += r.len();
+        Ok(())
+    })?;
+    let mut bytes = 0u64;
+    for (off, len) in holes {
+        p.for_each_run(off, len, &mut |r| {
+            if !matches!(r, Run::Parent { .. }) {
+                bytes += r.len();
+            }
+            Ok(())
+        })?;
+    }
+    Ok(UpPlan {
+        grandparent: gp.path.clone(),
+        grandparent_guid: gp.file.header().data_write_guid,
+        grandparent_size: gp.file.virtual_size(),
+        bytes,
+    })
+}
+
+/// A cut-off upward merge: the child names its new parent, and through
+/// `parent_linkage2` the parent it absorbed. Returns the plan that finishes
+/// it (remove the absorbed parent if nothing uses it, then drop the
+/// marker), or None when `child` shows no such marker.
+fn finish_up_plan(disk: &Disk, dirs: &[PathBuf]) -> Result<Option<MergePlan>> {
+    let c = &disk.layers()[0];
+    let Some(loc) = c.file.parent_locator() else {
+        return Ok(None);
+    };
+    let Some(absorbed) = guid_key(loc, "parent_linkage2") else {
+        return Ok(None);
+    };
+    let parent_guid = disk
+        .layers()
+        .get(1)
+        .map(|l| l.file.header().data_write_guid);
+    if parent_guid == Some(absorbed) || guid_key(loc, "parent_linkage") != parent_guid {
+        return Ok(None);
+    }
+    let mut leftovers = Vec::new();
+    for dir in dirs {
+        let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        for entry in rd.flatten() {
+            let p = entry.path();
+            let Ok(f) = VhdxFile::open_path(&p, OpenOptions::read_only()) else {
+                continue;
+            };
+            if f.header().data_write_guid == absorbed && children_of(&p, dirs)?.is_empty() {
+                leftovers.push(p);
+            }
+        }
+    }
+    Ok(Some(MergePlan {
+        direction: Direction::Up,
+        up: None,
+        layers: vec![c.path.clone()],
+        children: Vec::new(),
+        layer_bytes: Vec::new(),
+        target_parent_size: 0,
+        leftovers,
+    }))
 }

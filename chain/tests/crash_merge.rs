@@ -203,11 +203,24 @@ struct Scenario {
     into: Option<PathBuf>,
     /// The target's file name when `into` is not given (the child's parent).
     parent: PathBuf,
+    up: bool,
 }
 
 impl Scenario {
+    /// The file whose own content the merge changes (none for an upward
+    /// merge: the child shows the same, the parent is only read).
     fn target(&self) -> PathBuf {
+        if self.up {
+            return PathBuf::new();
+        }
         self.into.clone().unwrap_or_else(|| self.parent.clone())
+    }
+    fn plan_options(&self) -> chain::PlanOptions {
+        let mut o = down(self.into.as_deref());
+        if self.up {
+            o.direction = chain::DirectionChoice::Up;
+        }
+        o
     }
 }
 
@@ -234,6 +247,29 @@ fn build(dir: &Path, which: usize) -> Scenario {
                 child: p("c1.avhdx"),
                 into: None,
                 parent: p("base.vhdx"),
+                up: false,
+            }
+        }
+        // base <- mid <- c1 <- g: merge mid up into c1 (c1 takes mid's
+        // data and is re-pointed at base; g is untouched).
+        3 => {
+            new_base(&p("base.vhdx"), 6 * MIB, MIB as u32, 512);
+            scribble(&p("base.vhdx"), &mut rng, 6);
+            new_child(&p("mid.avhdx"), &p("base.vhdx"), None, 2 * MIB as u32);
+            scribble(&p("mid.avhdx"), &mut rng, 10);
+            new_child(&p("c1.avhdx"), &p("mid.avhdx"), Some(7 * MIB), MIB as u32);
+            scribble(&p("c1.avhdx"), &mut rng, 5);
+            new_child(&p("g.avhdx"), &p("c1.avhdx"), None, MIB as u32);
+            scribble(&p("g.avhdx"), &mut rng, 3);
+            Scenario {
+                name: "mid up into c1, which has a child",
+                all: ["base.vhdx", "mid.avhdx", "c1.avhdx", "g.avhdx"]
+                    .map(p)
+                    .to_vec(),
+                child: p("c1.avhdx"),
+                into: None,
+                parent: p("mid.avhdx"),
+                up: true,
             }
         }
         // base <- c1 <- c2 <- c3: merge c3 into c1 (two layers into a
@@ -255,10 +291,11 @@ fn build(dir: &Path, which: usize) -> Scenario {
                 child: p("c3.avhdx"),
                 into: Some(p("c1.avhdx")),
                 parent: p("c2.avhdx"),
+                up: false,
             }
         }
         // base <- c1 (leaf): the leaf itself into the base.
-        _ => {
+        2 => {
             new_base(&p("base.vhdx"), 4 * MIB, 2 * MIB as u32, 512);
             scribble(&p("base.vhdx"), &mut rng, 4);
             new_child(&p("c1.avhdx"), &p("base.vhdx"), None, MIB as u32);
@@ -269,8 +306,10 @@ fn build(dir: &Path, which: usize) -> Scenario {
                 child: p("c1.avhdx"),
                 into: None,
                 parent: p("base.vhdx"),
+                up: false,
             }
         }
+        _ => unreachable!("no scenario {which}"),
     }
 }
 
@@ -328,6 +367,7 @@ fn run_scenario(which: usize) -> usize {
         child: p(&s0.child),
         into: s0.into.as_deref().map(p),
         parent: p(&s0.parent),
+        up: s0.up,
     };
     let expect: BTreeMap<PathBuf, Vec<u8>> = s0
         .all
@@ -342,14 +382,18 @@ fn run_scenario(which: usize) -> usize {
     };
     let mut points = 0;
     let mut rng = Rng(0xC0FFEE + which as u64);
+    // The same plan every time: the files start from the same bytes.
+    restore();
+    let first_plan = chain::plan(&s.child, &s.plan_options())
+        .unwrap_or_else(|e| panic!("{}: plan: {e}", s.name));
+    let removed = plan_layers_merged(&s0, &s);
     for mode in 0..3 {
         let mut n = 0u64;
         loop {
             restore();
-            let plan = chain::plan(&s.child, s.into.as_deref(), &Default::default(), &[])
-                .unwrap_or_else(|e| panic!("{}: plan: {e}", s.name));
+            let plan = &first_plan;
             let fs = MemFs::load(&s.all, Some(n));
-            let result = chain::merge(&fs, &plan, &MergeOptions::default(), &mut |_, _| {});
+            let result = chain::merge(&fs, plan, &MergeOptions::default(), &mut |_, _| {});
             let what = format!("{} (mode {mode}, crash after {n} ops)", s.name);
             if result.is_ok() {
                 // No crash was left to inject: the merge completed in memory.
@@ -372,23 +416,25 @@ fn run_scenario(which: usize) -> usize {
             fs.store_after_crash(&s.all, &mut keep);
             drop(fs);
             check_state(&s, &expect, &what);
-            // Running the merge again completes it.
-            let plan = chain::plan(&s.child, s.into.as_deref(), &Default::default(), &[]);
-            match plan {
-                Ok(plan) => {
-                    chain::merge(
-                        &chain::OsFiles,
-                        &plan,
-                        &MergeOptions::default(),
-                        &mut |_, _| {},
-                    )
-                    .unwrap_or_else(|e| panic!("{what}: merge again: {e}"));
-                }
-                // The crash came after the merged layers were all removed.
-                Err(e) => assert!(!s.child.exists(), "{what}: plan again: {e}"),
+            // Running the merge again completes it, unless the crash came
+            // after its last durable step.
+            let complete = removed.iter().all(|l| !l.exists()) && (!s.up || !has_marker(&s.child));
+            if !complete {
+                let plan = chain::plan(&s.child, &s.plan_options())
+                    .unwrap_or_else(|e| panic!("{what}: plan again: {e}"));
+                chain::merge(
+                    &chain::OsFiles,
+                    &plan,
+                    &MergeOptions::default(),
+                    &mut |_, _| {},
+                )
+                .unwrap_or_else(|e| panic!("{what}: merge again: {e}"));
+            }
+            if s.up {
+                assert!(!has_marker(&s.child), "{what}: parent_linkage2 left behind");
             }
             check_state(&s, &expect, &format!("{what}, merged again"));
-            for l in &plan_layers_merged(&s0, &s) {
+            for l in &removed {
                 assert!(!l.exists(), "{what}: {} was not removed", l.display());
             }
             n += 1;
@@ -397,11 +443,23 @@ fn run_scenario(which: usize) -> usize {
     points
 }
 
+/// True when the locator of `path` still names an absorbed parent.
+fn has_marker(path: &Path) -> bool {
+    VhdxFile::open_path(path, OpenOptions::read_only())
+        .unwrap()
+        .parent_locator()
+        .is_some_and(|l| l.get("parent_linkage2").is_some())
+}
+
 /// The files the completed merge must have removed.
 fn plan_layers_merged(s0: &Scenario, s: &Scenario) -> Vec<PathBuf> {
-    let plan = chain::plan(&s0.child, s0.into.as_deref(), &Default::default(), &[]).unwrap();
-    plan.layers[..plan.layers.len() - 1]
-        .iter()
+    let plan = chain::plan(&s0.child, &s0.plan_options()).unwrap();
+    let gone = if s0.up {
+        &plan.layers[1..]
+    } else {
+        &plan.layers[..plan.layers.len() - 1]
+    };
+    gone.iter()
         .map(|l| {
             s.all
                 .iter()
@@ -412,7 +470,7 @@ fn plan_layers_merged(s0: &Scenario, s: &Scenario) -> Vec<PathBuf> {
         .collect()
 }
 
-// 3 scenarios x 3 ways unflushed writes end up: at least 500 crash points
+// 4 scenarios x 3 ways unflushed writes end up: at least 500 crash points
 // in all (each test prints its count).
 
 #[test]
@@ -434,4 +492,11 @@ fn crash_merging_the_leaf_into_the_base() {
     let n = run_scenario(2);
     println!("crash points: {n}");
     assert!(n >= 50, "only {n} crash points");
+}
+
+#[test]
+fn crash_merging_a_parent_up_into_its_child() {
+    let n = run_scenario(3);
+    println!("crash points: {n}");
+    assert!(n >= 100, "only {n} crash points");
 }

@@ -72,7 +72,7 @@ fn repointed_children_read_the_same_in_dissect_and_libvhdi() {
     new_child(&c2, &c1, None, 2 << 20);
     scribble4k(&c2, &mut rng);
     let want = format!("{:x}", Sha256::digest(read_all(&c2)));
-    let plan = chain::plan(&c1, None, &Default::default(), &[]).unwrap();
+    let plan = chain::plan(&c1, &down(None)).unwrap();
     chain::merge(
         &chain::OsFiles,
         &plan,

@@ -1,5 +1,6 @@
 //! Merges of random chains (depth, block sizes, sector sizes, full, partial,
-//! ZERO, UNMAPPED and NOT_PRESENT blocks, single layers and `--into`)
+//! ZERO, UNMAPPED and NOT_PRESENT blocks, layers larger and smaller than
+//! their parents, single layers and `--into`, down, up and auto)
 //! against what the disks read before; merged bases checked by qemu-img.
 
 mod common;
@@ -21,8 +22,12 @@ fn build_chain(dir: &Path, seed: u64, depth: usize, blocks: &[u32], lss: u32) ->
     let mut paths = vec![base];
     for i in 1..=depth {
         let p = dir.join(format!("l{i}.avhdx"));
-        // Some layers are larger than their parent.
-        let grow = (rng.below(4) == 0).then(|| size + (i as u64) * MIB);
+        // Some layers are larger than their parent, some smaller.
+        let grow = match rng.below(6) {
+            0 => Some(size + (i as u64) * MIB),
+            1 => Some(size - (i as u64) * MIB / 2),
+            _ => None,
+        };
         new_child(&p, paths.last().unwrap(), grow, blocks[i % blocks.len()]);
         let ops = 4 + rng.below(8) as usize;
         scribble(&p, &mut rng, ops);
@@ -32,10 +37,31 @@ fn build_chain(dir: &Path, seed: u64, depth: usize, blocks: &[u32], lss: u32) ->
 }
 
 fn merge_and_verify(paths: &[PathBuf], child: usize, into: usize) {
-    // paths[0] is the base; `child` > `into` index into it.
+    merge_and_verify_dir(paths, child, into, chain::DirectionChoice::Down);
+}
+
+/// Merges `paths[child]` into `paths[into]` (paths[0] is the base) the way
+/// `dir` asks and checks every file that remains: the result reads what
+/// the child read, everything else as before, and `check` is clean.
+fn merge_and_verify_dir(paths: &[PathBuf], child: usize, into: usize, dir: chain::DirectionChoice) {
     let before: Vec<Vec<u8>> = paths.iter().map(|p| read_all(p)).collect();
     let into_arg = (into + 1 != child).then(|| paths[into].clone());
-    let plan = chain::plan(&paths[child], into_arg.as_deref(), &Default::default(), &[]).unwrap();
+    let mut opts = down(into_arg.as_deref());
+    opts.direction = dir;
+    let up_allowed = into + 1 == child && child >= 2;
+    let plan = match chain::plan(&paths[child], &opts) {
+        Err(e) if dir == chain::DirectionChoice::Up && !up_allowed => {
+            assert!(e.to_string().contains("cannot merge up"), "{e}");
+            return;
+        }
+        r => r.unwrap(),
+    };
+    let up = plan.direction == chain::Direction::Up;
+    match dir {
+        chain::DirectionChoice::Down => assert!(!up),
+        chain::DirectionChoice::Up => assert!(up),
+        chain::DirectionChoice::Auto => assert!(!up || up_allowed),
+    }
     assert_eq!(plan.layers.len(), child - into + 1);
     let stats = chain::merge(
         &chain::OsFiles,
@@ -46,12 +72,20 @@ fn merge_and_verify(paths: &[PathBuf], child: usize, into: usize) {
     .unwrap();
     assert_eq!(stats.layers_merged, child - into);
     for (i, p) in paths.iter().enumerate() {
-        if i > into && i <= child {
+        // Up, the parent (paths[into], as into + 1 == child) goes; down, the
+        // merged layers do.
+        let gone = if up {
+            i == into
+        } else {
+            i > into && i <= child
+        };
+        if gone {
             assert!(!p.exists(), "{} should be gone", p.display());
             continue;
         }
-        // The target now reads what the merged child read; the others as before.
-        let want = if i == into {
+        // Down, the target now reads what the merged child read; the
+        // others (and, up, every file) read as before.
+        let want = if i == into && !up {
             &before[child]
         } else {
             &before[i]
@@ -60,6 +94,10 @@ fn merge_and_verify(paths: &[PathBuf], child: usize, into: usize) {
         assert_eq!(first_diff(&got, want), None, "{}", p.display());
         let r = vhdx::check::check_path(p, false).unwrap();
         assert!(!r.is_corrupt(), "{}: {:?}", p.display(), r.problems);
+        if up && i == child {
+            let l = vhdx::VhdxFile::open_path(p, vhdx::OpenOptions::read_only()).unwrap();
+            assert!(l.parent_locator().unwrap().get("parent_linkage2").is_none());
+        }
     }
 }
 
@@ -78,7 +116,9 @@ proptest! {
         let paths = build_chain(dir.path(), seed, depth, &blocks, lss);
         let child = 1 + (pick % depth as u64) as usize;
         let into = ((pick >> 8) % child as u64) as usize;
-        merge_and_verify(&paths, child, into);
+        let dir = [chain::DirectionChoice::Down, chain::DirectionChoice::Up, chain::DirectionChoice::Auto]
+            [((pick >> 16) % 3) as usize];
+        merge_and_verify_dir(&paths, child, into, dir);
     }
 }
 
@@ -130,7 +170,7 @@ fn a_target_with_another_child_is_refused_and_left_alone() {
     let mut rng = Rng(5);
     scribble(&d.join("a.avhdx"), &mut rng, 4);
     let before = std::fs::read(d.join("base.vhdx")).unwrap();
-    let e = chain::plan(&d.join("a.avhdx"), None, &Default::default(), &[]).unwrap_err();
+    let e = chain::plan(&d.join("a.avhdx"), &down(None)).unwrap_err();
     let msg = e.to_string();
     assert!(
         msg.contains("b.avhdx") && msg.contains("also the parent"),
@@ -138,16 +178,10 @@ fn a_target_with_another_child_is_refused_and_left_alone() {
     );
     assert_eq!(std::fs::read(d.join("base.vhdx")).unwrap(), before);
     // A base has nothing to merge into.
-    let e = chain::plan(&d.join("base.vhdx"), None, &Default::default(), &[]).unwrap_err();
+    let e = chain::plan(&d.join("base.vhdx"), &down(None)).unwrap_err();
     assert!(e.to_string().contains("not a differencing disk"), "{e}");
     // --into must name an ancestor.
-    let e = chain::plan(
-        &d.join("a.avhdx"),
-        Some(&d.join("b.avhdx")),
-        &Default::default(),
-        &[],
-    )
-    .unwrap_err();
+    let e = chain::plan(&d.join("a.avhdx"), &down(Some(&d.join("b.avhdx")))).unwrap_err();
     assert!(e.to_string().contains("not one of its ancestors"), "{e}");
 }
 
@@ -160,7 +194,7 @@ fn keep_leaves_a_readable_child_that_blocks_later_merges() {
     let mut rng = Rng(9);
     scribble(&d.join("a.avhdx"), &mut rng, 6);
     let want = read_all(&d.join("a.avhdx"));
-    let plan = chain::plan(&d.join("a.avhdx"), None, &Default::default(), &[]).unwrap();
+    let plan = chain::plan(&d.join("a.avhdx"), &down(None)).unwrap();
     let opts = MergeOptions {
         keep: true,
         ..MergeOptions::default()
@@ -170,6 +204,69 @@ fn keep_leaves_a_readable_child_that_blocks_later_merges() {
     assert_eq!(read_all(&d.join("base.vhdx")), want);
     // The kept file is now a real child of the base.
     new_child(&d.join("b.avhdx"), &d.join("base.vhdx"), None, 1 << 20);
-    let e = chain::plan(&d.join("b.avhdx"), None, &Default::default(), &[]).unwrap_err();
+    let e = chain::plan(&d.join("b.avhdx"), &down(None)).unwrap_err();
     assert!(e.to_string().contains("a.avhdx"), "{e}");
+}
+
+#[test]
+fn auto_merges_up_when_the_child_holds_more_data() {
+    let dir = scratch();
+    let d = dir.path();
+    let (base, mid, leaf) = (
+        d.join("base.vhdx"),
+        d.join("mid.avhdx"),
+        d.join("leaf.avhdx"),
+    );
+    new_base(&base, 8 * MIB, 1 << 20, 512);
+    let mut rng = Rng(12);
+    scribble(&base, &mut rng, 4);
+    new_child(&mid, &base, None, 1 << 20);
+    let mut disk = vhdx::Disk::open_writable(&mid, &Default::default()).unwrap();
+    disk.write_at(&rng.bytes(MIB as usize), 0).unwrap();
+    disk.close().unwrap();
+    new_child(&leaf, &mid, None, 1 << 20);
+    let mut disk = vhdx::Disk::open_writable(&leaf, &Default::default()).unwrap();
+    disk.write_at(&rng.bytes(6 * MIB as usize), MIB / 2)
+        .unwrap();
+    disk.close().unwrap();
+    let auto = chain::PlanOptions::default();
+    let plan = chain::plan(&leaf, &auto).unwrap();
+    assert_eq!(plan.direction, chain::Direction::Up);
+    // Only the parent's half block that the leaf lacks moves.
+    assert_eq!(plan.layer_bytes, vec![MIB / 2]);
+    merge_and_verify_dir(
+        &[base.clone(), mid.clone(), leaf.clone()],
+        2,
+        1,
+        chain::DirectionChoice::Auto,
+    );
+    assert!(!mid.exists() && leaf.exists());
+
+    // The other way round: a small leaf over a full parent goes down.
+    let (mid2, leaf2) = (d.join("mid2.avhdx"), d.join("leaf2.avhdx"));
+    new_child(&mid2, &leaf, None, 1 << 20);
+    let mut disk = vhdx::Disk::open_writable(&mid2, &Default::default()).unwrap();
+    disk.write_at(&rng.bytes(6 * MIB as usize), 0).unwrap();
+    disk.close().unwrap();
+    new_child(&leaf2, &mid2, None, 1 << 20);
+    let mut disk = vhdx::Disk::open_writable(&leaf2, &Default::default()).unwrap();
+    disk.write_at(&rng.bytes(4096), 0).unwrap();
+    disk.close().unwrap();
+    let plan = chain::plan(&leaf2, &auto).unwrap();
+    assert_eq!(plan.direction, chain::Direction::Down);
+    // Up is refused when the parent has another user.
+    let other = d.join("other.avhdx");
+    new_child(&other, &mid2, None, 1 << 20);
+    let up = chain::PlanOptions {
+        direction: chain::DirectionChoice::Up,
+        ..Default::default()
+    };
+    let e = chain::plan(&leaf2, &up).unwrap_err();
+    assert!(
+        e.to_string().contains("also used by") && e.to_string().contains("other.avhdx"),
+        "{e}"
+    );
+    // And when the parent is the base.
+    let e = chain::plan(&mid, &up);
+    assert!(e.is_err());
 }

@@ -90,7 +90,7 @@ fn merge_on_xfs_reflinks_full_blocks() {
     disk.write_at(&rng.bytes(3 * 512), 50 * MIB + 512).unwrap();
     disk.close().unwrap();
     let want = read_all(&c1);
-    let plan = chain::plan(&c1, None, &Default::default(), &[]).unwrap();
+    let plan = chain::plan(&c1, &down(None)).unwrap();
     let stats = chain::merge(
         &chain::OsFiles,
         &plan,
@@ -109,7 +109,7 @@ fn merge_on_xfs_reflinks_full_blocks() {
     disk.write_at(&rng.bytes(4 << 20), 0).unwrap();
     disk.close().unwrap();
     let want = read_all(&c1);
-    let plan = chain::plan(&c1, None, &Default::default(), &[]).unwrap();
+    let plan = chain::plan(&c1, &down(None)).unwrap();
     let opts = MergeOptions {
         reflink: false,
         ..MergeOptions::default()

@@ -288,7 +288,14 @@ pub fn run(a: Args) -> CliResult {
     drop(disk);
 
     // Delete the three checkpoints: merge every layer into the base.
-    let plan = chain::plan(&leaf, Some(&base), &ChainOptions::default(), &[])?;
+    let plan = chain::plan(
+        &leaf,
+        &chain::PlanOptions {
+            into: Some(base.clone()),
+            direction: chain::DirectionChoice::Down,
+            ..Default::default()
+        },
+    )?;
     let stats = chain::merge(
         &chain::OsFiles,
         &plan,

@@ -9,6 +9,13 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirectionArg {
+    Auto,
+    Down,
+    Up,
+}
+
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
 Merging CHILD into its parent is what deleting its Hyper-V checkpoint does:
@@ -18,6 +25,12 @@ itself differencing; ZERO and UNMAPPED blocks become zero state without
 writing zeros), every disk that used CHILD as its parent is re-pointed at the
 parent, and CHILD is removed (--keep keeps it). With --into, every layer from
 CHILD up to ANCESTOR is merged, the one next to ANCESTOR first.
+
+--direction up instead copies the parent's blocks that CHILD lacks into CHILD
+and re-points CHILD at the grandparent (the parent is removed); it moves fewer
+bytes when CHILD holds more data than its parent. It needs a grandparent and a
+parent that no other disk uses. The default, auto, picks up when it is allowed
+and cheaper, down otherwise.
 
 The target may not be the parent of any other disk (its content changes);
 other disks are looked for in the folders of the chain's files and in every
@@ -35,7 +48,12 @@ pub struct Args {
     /// The ancestor to merge into [default: CHILD's parent]
     #[arg(long, value_name = "ANCESTOR")]
     into: Option<PathBuf>,
-    /// Keep the merged files (they still read correctly over the target)
+    /// down: CHILD's data into the ancestor; up: the parent's data into CHILD, which is
+    /// re-pointed at the grandparent (one layer, the parent used by nothing else);
+    /// auto: up when allowed and it moves fewer bytes
+    #[arg(long, value_enum, default_value_t = DirectionArg::Auto)]
+    direction: DirectionArg,
+    /// Keep the merged files (down: they still read correctly over the target; up: the parent is left unused)
     #[arg(long)]
     keep: bool,
     /// Never use reflinks (always copy the bytes)
@@ -55,7 +73,19 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> CliResult {
-    let plan = chain::plan(&a.child, a.into.as_deref(), &a.chain.options(), &a.scan)?;
+    let plan = chain::plan(
+        &a.child,
+        &chain::PlanOptions {
+            into: a.into.clone(),
+            chain: a.chain.options(),
+            scan: a.scan.clone(),
+            direction: match a.direction {
+                DirectionArg::Auto => chain::DirectionChoice::Auto,
+                DirectionArg::Down => chain::DirectionChoice::Down,
+                DirectionArg::Up => chain::DirectionChoice::Up,
+            },
+        },
+    )?;
     let total: u64 = plan.layer_bytes.iter().sum();
     let bar = bytes_bar(total, a.quiet || a.json);
     let opts = chain::MergeOptions {
@@ -67,7 +97,18 @@ pub fn run(a: Args) -> CliResult {
         bar.set_position(done)
     })?;
     bar.finish_and_clear();
-    let target = plan.layers.last().expect("a plan has a target");
+    let up = plan.direction == chain::Direction::Up;
+    // The file that holds the result.
+    let target = if up {
+        &plan.layers[0]
+    } else {
+        plan.layers.last().expect("a plan has a target")
+    };
+    let merged: &[PathBuf] = if up {
+        &plan.layers[1..]
+    } else {
+        &plan.layers[..plan.layers.len() - 1]
+    };
     let secs = stats.elapsed.as_secs_f64();
     let moved = stats.bytes_copied + stats.bytes_reflinked;
     let rate = if secs > 0.0 { moved as f64 / secs } else { 0.0 };
@@ -75,8 +116,9 @@ pub fn run(a: Args) -> CliResult {
         |v: &[PathBuf]| -> Vec<String> { v.iter().map(|p| p.display().to_string()).collect() };
     if a.json {
         let v = json!({
+            "direction": if up { "up" } else { "down" },
             "target": target.display().to_string(),
-            "layers_merged": paths(&plan.layers[..plan.layers.len() - 1]),
+            "layers_merged": paths(merged),
             "bytes_copied": stats.bytes_copied,
             "bytes_reflinked": stats.bytes_reflinked,
             "bytes_zeroed": stats.bytes_zeroed,
@@ -88,11 +130,20 @@ pub fn run(a: Args) -> CliResult {
         });
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
     } else {
-        println!(
-            "merged {} layer(s) into {}",
-            stats.layers_merged,
-            target.display()
-        );
+        if up {
+            println!(
+                "merged {} up into {} ({} layer(s))",
+                paths(merged).join(", "),
+                target.display(),
+                stats.layers_merged
+            );
+        } else {
+            println!(
+                "merged {} layer(s) into {}",
+                stats.layers_merged,
+                target.display()
+            );
+        }
         println!("  copied:     {}", human(stats.bytes_copied));
         println!("  reflinked:  {}", human(stats.bytes_reflinked));
         println!(
@@ -100,7 +151,10 @@ pub fn run(a: Args) -> CliResult {
             human(stats.bytes_zeroed),
             stats.blocks_zeroed
         );
-        println!("  time:       {secs:.3} s ({}/s)", human(rate as u64));
+        println!(
+            "  time:       {secs:.3} s ({:.1} MiB/s)",
+            rate / (1 << 20) as f64
+        );
         for c in &stats.children_repointed {
             println!("  re-pointed: {}", c.display());
         }

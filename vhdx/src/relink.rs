@@ -77,4 +77,19 @@ impl VhdxFile {
         self.metadata.parent_locator = Some(loc.clone());
         self.commit()
     }
+
+    /// Replaces the virtual disk id (page 83 data, 2.6.2.5), as a merge does
+    /// when the merged child carries another id than its parent. Journaled;
+    /// durable at the next commit.
+    pub fn set_virtual_disk_id(&mut self, id: uuid::Uuid) -> Result<()> {
+        if self.metadata.virtual_disk_id == id {
+            return Ok(());
+        }
+        self.begin_change(false)?;
+        let mut b = [0u8; 16];
+        crate::format::put_guid(&mut b, 0, &id);
+        self.put_metadata_item(&guids::VIRTUAL_DISK_ID, &b)?;
+        self.metadata.virtual_disk_id = id;
+        Ok(())
+    }
 }

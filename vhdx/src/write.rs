@@ -243,6 +243,10 @@ impl VhdxFile {
     /// sector bitmaps change (in memory, until the commit) exactly as
     /// [`VhdxFile::write_sectors`] would change them; the range's sectors
     /// read as whatever the file holds there until the caller writes them.
+    /// Unlike the other changes, a mapping never commits by itself (a
+    /// commit must not make the BAT point at bytes not yet written): the
+    /// caller commits after its copies, watching
+    /// [`VhdxFile::pending_page_count`].
     pub fn map_write(&mut self, offset: u64, len: u64) -> Result<u64> {
         self.check_sector_range(offset, len)?;
         let bs = self.geometry.block_size;
@@ -253,9 +257,7 @@ impl VhdxFile {
             ));
         }
         self.begin_change(true)?;
-        let at = self.map_block_write(offset, len)?;
-        self.commit_if_full()?;
-        Ok(at)
+        self.map_block_write(offset, len)
     }
 
     /// The state changes of a write of `len` bytes at `pos` (sector aligned,
@@ -534,7 +536,7 @@ impl VhdxFile {
     }
 
     /// Replaces the value of an existing metadata item (same length).
-    fn put_metadata_item(&mut self, id: &Uuid, value: &[u8]) -> Result<()> {
+    pub(crate) fn put_metadata_item(&mut self, id: &Uuid, value: &[u8]) -> Result<()> {
         let e = self
             .metadata
             .entries
@@ -575,6 +577,11 @@ impl VhdxFile {
             self.commit()?;
         }
         Ok(())
+    }
+
+    /// Metadata pages waiting for a commit.
+    pub fn pending_page_count(&self) -> usize {
+        self.pending.count()
     }
 
     /// True when changes wait for a commit.

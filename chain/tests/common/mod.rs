@@ -134,3 +134,12 @@ pub fn scratch() -> tempfile::TempDir {
     }
     tempfile::tempdir().unwrap()
 }
+
+/// Plan options for a downward merge into `into` (default: the parent).
+pub fn down(into: Option<&Path>) -> chain::PlanOptions {
+    chain::PlanOptions {
+        into: into.map(Path::to_path_buf),
+        direction: chain::DirectionChoice::Down,
+        ..Default::default()
+    }
+}
