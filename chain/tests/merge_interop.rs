@@ -5,48 +5,24 @@
 //! required when HVKIT_REQUIRE_ORACLES=1.
 
 mod common;
+#[path = "../../vhdx/tests/common/mod.rs"]
+mod vcommon;
 
 use chain::MergeOptions;
 use common::*;
-use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use vhdx::{ChainOptions, Disk};
 
-fn oracle() -> Option<(PathBuf, PathBuf)> {
-    let required = std::env::var_os("HVKIT_REQUIRE_ORACLES").is_some_and(|v| v == "1");
-    let py = std::env::var_os("HVKIT_PYTHON").map(PathBuf::from);
-    let script = std::env::var_os("HVKIT_ORACLE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/oracle.py"));
-    match py {
-        Some(py) if script.is_file() => Some((py, script)),
-        _ => {
-            assert!(
-                !required,
-                "HVKIT_PYTHON required (HVKIT_REQUIRE_ORACLES=1) but missing"
-            );
-            println!("SKIP: HVKIT_PYTHON not set (run through .ci/run for the pyvhdi/dissect cross-checks)");
-            None
-        }
-    }
-}
-
 fn run_oracle(args: &[&std::ffi::OsStr]) -> serde_json::Value {
-    let (py, script) = oracle().expect("checked");
-    let out = Command::new(py).arg(script).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "oracle {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let (py, script) = vcommon::python_oracle().expect("checked");
+    let out = vcommon::run(Command::new(py).arg(script).args(args));
+    serde_json::from_str(out.trim()).unwrap()
 }
 
 #[test]
 fn repointed_children_read_the_same_in_dissect_and_libvhdi() {
-    if oracle().is_none() {
+    if vcommon::python_oracle().is_none() {
         return;
     }
     let dir = scratch();
@@ -71,7 +47,7 @@ fn repointed_children_read_the_same_in_dissect_and_libvhdi() {
     scribble4k(&c1, &mut rng);
     new_child(&c2, &c1, None, 2 << 20);
     scribble4k(&c2, &mut rng);
-    let want = format!("{:x}", Sha256::digest(read_all(&c2)));
+    let want = vcommon::sha256(&read_all(&c2));
     let plan = chain::plan(&c1, &down(None)).unwrap();
     chain::merge(
         &chain::OsFiles,
@@ -81,7 +57,7 @@ fn repointed_children_read_the_same_in_dissect_and_libvhdi() {
     )
     .unwrap();
     assert!(!c1.exists());
-    assert_eq!(format!("{:x}", Sha256::digest(read_all(&c2))), want);
+    assert_eq!(vcommon::sha256(&read_all(&c2)), want);
 
     let v = run_oracle(&["--lib".as_ref(), "dissect".as_ref(), c2.as_os_str()]);
     assert_eq!(v["sha256"].as_str(), Some(want.as_str()), "dissect: {v}");
