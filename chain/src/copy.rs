@@ -56,7 +56,7 @@ impl Copier {
             return Ok(());
         }
         if let (Some(s), Some(d)) = (src.direct_file(), dst.storage().as_file()) {
-            let aligned = (src_off | dst_off | len) % REFLINK_ALIGN == 0;
+            let aligned = (src_off | dst_off | len).is_multiple_of(REFLINK_ALIGN);
             if self.reflink && aligned {
                 match clone_range(s, src_off, d, dst_off, len) {
                     Ok(()) => {
