@@ -75,7 +75,7 @@ impl Default for MergeOptions {
         MergeOptions {
             keep: false,
             reflink: true,
-            commit_every: 1 << 30,
+            commit_every: 16 << 30,
         }
     }
 }
