@@ -69,8 +69,8 @@ impl Copier {
                     Err(_) => self.reflink = false,
                 }
             }
-            let copied = kernel_copy(s, src_off, d, dst_off, len)
-                .map_err(|e| vhdx_io(dst, dst_off, e))?;
+            let copied =
+                kernel_copy(s, src_off, d, dst_off, len).map_err(|e| vhdx_io(dst, dst_off, e))?;
             self.counts.copied += copied;
             return Ok(());
         }

@@ -76,8 +76,7 @@ pub fn to_raw(
             at += n;
             Ok(())
         })?;
-        stats.copy_file_range_bytes +=
-            copy_pieces(disk, &pieces, out, out_name, workers, sync)?;
+        stats.copy_file_range_bytes += copy_pieces(disk, &pieces, out, out_name, workers, sync)?;
         pos += len;
         progress(pos);
     }
