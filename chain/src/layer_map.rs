@@ -339,19 +339,8 @@ impl Read for ChainDisk {
 
 impl Seek for ChainDisk {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        let new = match pos {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.virtual_size().checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        }
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek to a negative or overflowing position",
-            )
-        })?;
-        self.pos = new;
-        Ok(new)
+        self.pos = vhdx::disk::seek_position(self.pos, self.virtual_size(), pos)?;
+        Ok(self.pos)
     }
 }
 

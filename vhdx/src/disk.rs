@@ -437,6 +437,23 @@ fn find_parent(child_path: &Path, child: &VhdxFile, force: bool) -> Result<PathB
     }))
 }
 
+/// The position a `Seek` to `to` reaches from `current` on a disk of `size`
+/// bytes (past the end is allowed, as for files); shared by the crate's
+/// `Seek` impls and the chain crate's.
+pub fn seek_position(current: u64, size: u64, to: SeekFrom) -> io::Result<u64> {
+    match to {
+        SeekFrom::Start(p) => Some(p),
+        SeekFrom::End(d) => size.checked_add_signed(d),
+        SeekFrom::Current(d) => current.checked_add_signed(d),
+    }
+    .ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "seek to a negative or overflowing position",
+        )
+    })
+}
+
 impl Read for Disk {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let size = self.virtual_size();
@@ -452,18 +469,7 @@ impl Read for Disk {
 
 impl Seek for Disk {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        let new = match pos {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.virtual_size().checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        }
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek to a negative or overflowing position",
-            )
-        })?;
-        self.pos = new;
-        Ok(new)
+        self.pos = seek_position(self.pos, self.virtual_size(), pos)?;
+        Ok(self.pos)
     }
 }
