@@ -326,8 +326,7 @@ fn io_error(e: Error) -> io::Error {
 
 impl Read for ChainDisk {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let size = self.virtual_size();
-        let n = (size.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        let n = vhdx::disk::read_span(self.pos, self.virtual_size(), buf.len());
         if n == 0 {
             return Ok(0);
         }
@@ -346,17 +345,7 @@ impl Seek for ChainDisk {
 
 impl Write for ChainDisk {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let size = self.virtual_size();
-        let n = (size.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
-        if n == 0 && !buf.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "write at {:#x} past the end of the {size}-byte disk",
-                    self.pos
-                ),
-            ));
-        }
+        let n = vhdx::disk::write_span(self.pos, self.virtual_size(), buf.len())?;
         self.write_at(&buf[..n], self.pos).map_err(io_error)?;
         self.pos += n as u64;
         Ok(n)

@@ -2,10 +2,10 @@
 //! target, and every other disk that names one of them as its parent.
 //!
 //! Children point at parents, never the other way, so the other users of a
-//! layer are found by looking at every `.vhdx`/`.avhdx` file in the folders
-//! of the chain's files (and any extra folders given): a file is a child of
-//! a layer when the first existing candidate of its parent locator (the
-//! order the reader tries them) is that layer's file.
+//! layer are found by opening, once, every `.vhdx`/`.avhdx` file in the
+//! folders of the chain's files (and any extra folders given): a file is a
+//! child of a layer when the first existing candidate of its parent locator
+//! (the order the reader tries them) is that layer's file.
 
 use crate::error::{Error, Result};
 use std::collections::BTreeSet;
@@ -92,21 +92,26 @@ pub(crate) fn file_id(p: &Path) -> Result<(u64, u64)> {
     Ok((m.dev(), m.ino()))
 }
 
-/// A disk found in a scanned folder that names a parent.
+/// A `.vhdx`/`.avhdx` file found in a scanned folder.
 #[derive(Debug, Clone)]
-pub struct FoundChild {
+pub struct Found {
     pub path: PathBuf,
+    /// (device, inode), the file's identity.
+    pub id: (u64, u64),
+    pub data_write_guid: Uuid,
+    /// Identity of the first existing candidate of its parent locator (the
+    /// file the reader would open as its parent), if it names one.
+    pub parent: Option<(u64, u64)>,
     /// Its `parent_linkage`.
     pub linkage: Option<Uuid>,
     /// Its `parent_linkage2`.
     pub linkage2: Option<Uuid>,
 }
 
-/// The `.vhdx`/`.avhdx` files in `dirs` whose parent locator resolves to
-/// the file `parent` (first existing candidate). Files that do not open as
-/// VHDX are passed over: they cannot be anybody's child.
-pub fn children_of(parent: &Path, dirs: &[PathBuf]) -> Result<Vec<FoundChild>> {
-    let want = file_id(parent)?;
+/// Every `.vhdx`/`.avhdx` file in `dirs`, each once (by identity), opened
+/// once. Files that do not open as VHDX are passed over: they cannot be
+/// anybody's child or parent.
+pub fn scan(dirs: &[PathBuf]) -> Result<Vec<Found>> {
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
     for dir in dirs {
@@ -122,29 +127,38 @@ pub fn children_of(parent: &Path, dirs: &[PathBuf]) -> Result<Vec<FoundChild>> {
                 continue;
             }
             let Ok(id) = file_id(&path) else { continue };
-            if id == want || !seen.insert(id) {
+            if !seen.insert(id) {
                 continue;
             }
             let Ok(f) = VhdxFile::open_path(&path, OpenOptions::read_only()) else {
                 continue;
             };
-            let Some(loc) = f.parent_locator() else {
-                continue;
-            };
-            let first = vhdx::parent::candidates(&path, loc)
-                .into_iter()
-                .find(|(_, p)| p.is_file());
-            if first.is_some_and(|(_, p)| file_id(&p).ok() == Some(want)) {
-                out.push(FoundChild {
-                    path,
-                    linkage: guid_key(loc, "parent_linkage"),
-                    linkage2: guid_key(loc, "parent_linkage2"),
-                });
-            }
+            let loc = f.parent_locator();
+            let parent = loc.and_then(|loc| {
+                vhdx::parent::candidates(&path, loc)
+                    .into_iter()
+                    .find(|(_, p)| p.is_file())
+                    .and_then(|(_, p)| file_id(&p).ok())
+            });
+            out.push(Found {
+                id,
+                data_write_guid: f.header().data_write_guid,
+                parent,
+                linkage: loc.and_then(|l| guid_key(l, "parent_linkage")),
+                linkage2: loc.and_then(|l| guid_key(l, "parent_linkage2")),
+                path,
+            });
         }
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
+}
+
+/// The disks of `found` whose parent is the file `parent` (by identity).
+pub fn children_of(parent: (u64, u64), found: &[Found]) -> impl Iterator<Item = &Found> {
+    found
+        .iter()
+        .filter(move |f| f.parent == Some(parent) && f.id != parent)
 }
 
 pub(crate) fn guid_key(loc: &vhdx::format::locator::ParentLocator, key: &str) -> Option<Uuid> {
@@ -167,7 +181,7 @@ pub fn own_bytes(f: &VhdxFile) -> Result<u64> {
 /// Works out the merge of `child` as `opts` asks.
 pub fn plan(child: &Path, opts: &PlanOptions) -> Result<MergePlan> {
     let into = opts.into.as_deref();
-    let scan = &opts.scan[..];
+    let extra_dirs = &opts.scan[..];
     let disk = Disk::open(child, &opts.chain)?;
     let layers = disk.layers();
     if layers.len() < 2 {
@@ -210,14 +224,16 @@ pub fn plan(child: &Path, opts: &PlanOptions) -> Result<MergePlan> {
             dirs.push(d);
         }
     }
-    for d in scan {
+    for d in extra_dirs {
         let d = std::fs::canonicalize(d).map_err(|e| Error::io(d, e))?;
         if !dirs.contains(&d) {
             dirs.push(d);
         }
     }
+    // One look at the folders serves every question below.
+    let found = scan(&dirs)?;
     if opts.direction != DirectionChoice::Down {
-        if let Some(p) = finish_up_plan(&disk, &dirs)? {
+        if let Some(p) = finish_up_plan(&disk, &found) {
             return Ok(p);
         }
     }
@@ -227,12 +243,10 @@ pub fn plan(child: &Path, opts: &PlanOptions) -> Result<MergePlan> {
         .collect::<Result<_>>()?;
     let mut children = Vec::new();
     for i in 0..k {
-        let found = children_of(&layers[i].path, &dirs)?;
         children.push(
-            found
-                .into_iter()
-                .filter(|c| i == 0 || file_id(&c.path).ok() != Some(ids[i - 1]))
-                .map(|c| c.path)
+            children_of(ids[i], &found)
+                .filter(|c| i == 0 || c.id != ids[i - 1])
+                .map(|c| c.path.clone())
                 .collect(),
         );
     }
@@ -252,16 +266,16 @@ pub fn plan(child: &Path, opts: &PlanOptions) -> Result<MergePlan> {
         == Some(target_guid);
     let mut others = Vec::new();
     let mut leftovers = Vec::new();
-    for c in children_of(&target.path, &dirs)? {
-        if file_id(&c.path).ok() == Some(ids[k - 1]) {
+    for c in children_of(ids[k], &found) {
+        if c.id == ids[k - 1] {
             continue;
         }
         if c.linkage == Some(target_guid) {
             if !resuming {
                 others.push(c.path.display().to_string());
             }
-        } else if c.linkage2 == Some(target_guid) && children_of(&c.path, &dirs)?.is_empty() {
-            leftovers.push(c.path);
+        } else if c.linkage2 == Some(target_guid) && children_of(c.id, &found).next().is_none() {
+            leftovers.push(c.path.clone());
         }
     }
     let down_refusal = (!others.is_empty()).then(|| {
@@ -294,7 +308,7 @@ pub fn plan(child: &Path, opts: &PlanOptions) -> Result<MergePlan> {
     if opts.direction == DirectionChoice::Down {
         return down;
     }
-    let up = match up_refusal(&disk, k, &dirs)? {
+    let up = match up_refusal(&disk, k, &ids, &found) {
         None => up_plan(&disk)?,
         Some(why) if opts.direction == DirectionChoice::Up => {
             return Err(Error::refused(child, format!("cannot merge up: {why}")))
@@ -319,35 +333,32 @@ pub fn plan(child: &Path, opts: &PlanOptions) -> Result<MergePlan> {
 }
 
 /// Why `disk`'s leaf cannot take its parent's data (None: it can).
-fn up_refusal(disk: &Disk, k: usize, dirs: &[PathBuf]) -> Result<Option<String>> {
+fn up_refusal(disk: &Disk, k: usize, ids: &[(u64, u64)], found: &[Found]) -> Option<String> {
     let layers = disk.layers();
     if k != 1 {
-        return Ok(Some("an upward merge takes one layer (no --into)".into()));
+        return Some("an upward merge takes one layer (no --into)".into());
     }
     if layers.len() < 3 {
-        return Ok(Some(if layers[1].file.has_parent() {
+        return Some(if layers[1].file.has_parent() {
             "the grandparent was not opened".into()
         } else {
             format!(
                 "the parent {} is the base of the chain",
                 layers[1].path.display()
             )
-        }));
+        });
     }
-    let child_id = file_id(&layers[0].path)?;
-    let others: Vec<String> = children_of(&layers[1].path, dirs)?
-        .into_iter()
-        .filter(|c| file_id(&c.path).ok() != Some(child_id))
+    let others: Vec<String> = children_of(ids[1], found)
+        .filter(|c| c.id != ids[0])
         .map(|c| c.path.display().to_string())
         .collect();
-    if !others.is_empty() {
-        return Ok(Some(format!(
+    (!others.is_empty()).then(|| {
+        format!(
             "the parent {} is also used by {}",
             layers[1].path.display(),
             others.join(", ")
-        )));
-    }
-    Ok(None)
+        )
+    })
 }
 
 /// The bytes an upward merge moves: the parent's own runs inside the
@@ -385,35 +396,23 @@ fn up_plan(disk: &Disk) -> Result<UpPlan> {
 /// `parent_linkage2` the parent it absorbed. Returns the plan that finishes
 /// it (remove the absorbed parent if nothing uses it, then drop the
 /// marker), or None when `child` shows no such marker.
-fn finish_up_plan(disk: &Disk, dirs: &[PathBuf]) -> Result<Option<MergePlan>> {
+fn finish_up_plan(disk: &Disk, found: &[Found]) -> Option<MergePlan> {
     let c = &disk.layers()[0];
-    let Some(loc) = c.file.parent_locator() else {
-        return Ok(None);
-    };
-    let Some(absorbed) = guid_key(loc, "parent_linkage2") else {
-        return Ok(None);
-    };
+    let loc = c.file.parent_locator()?;
+    let absorbed = guid_key(loc, "parent_linkage2")?;
     let parent_guid = disk
         .layers()
         .get(1)
         .map(|l| l.file.header().data_write_guid);
     if parent_guid == Some(absorbed) || guid_key(loc, "parent_linkage") != parent_guid {
-        return Ok(None);
+        return None;
     }
-    let mut leftovers = Vec::new();
-    for dir in dirs {
-        let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-        for entry in rd.flatten() {
-            let p = entry.path();
-            let Ok(f) = VhdxFile::open_path(&p, OpenOptions::read_only()) else {
-                continue;
-            };
-            if f.header().data_write_guid == absorbed && children_of(&p, dirs)?.is_empty() {
-                leftovers.push(p);
-            }
-        }
-    }
-    Ok(Some(MergePlan {
+    let leftovers = found
+        .iter()
+        .filter(|f| f.data_write_guid == absorbed && children_of(f.id, found).next().is_none())
+        .map(|f| f.path.clone())
+        .collect();
+    Some(MergePlan {
         direction: Direction::Up,
         up: None,
         layers: vec![c.path.clone()],
@@ -421,5 +420,5 @@ fn finish_up_plan(disk: &Disk, dirs: &[PathBuf]) -> Result<Option<MergePlan>> {
         layer_bytes: Vec::new(),
         target_parent_size: 0,
         leftovers,
-    }))
+    })
 }

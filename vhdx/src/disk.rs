@@ -280,17 +280,7 @@ impl Disk {
 
 impl Write for Disk {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let size = self.virtual_size();
-        let n = (size.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
-        if n == 0 && !buf.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "write at {:#x} past the end of the {size}-byte disk",
-                    self.pos
-                ),
-            ));
-        }
+        let n = write_span(self.pos, self.virtual_size(), buf.len())?;
         self.write_at(&buf[..n], self.pos)?;
         self.pos += n as u64;
         Ok(n)
@@ -437,6 +427,24 @@ fn find_parent(child_path: &Path, child: &VhdxFile, force: bool) -> Result<PathB
     }))
 }
 
+/// How many of `len` bytes a `Read` at `pos` of a `size`-byte disk returns.
+pub fn read_span(pos: u64, size: u64, len: usize) -> usize {
+    size.saturating_sub(pos).min(len as u64) as usize
+}
+
+/// How many of `len` bytes a `Write` at `pos` of a `size`-byte disk takes;
+/// none fit past the end, which is an error.
+pub fn write_span(pos: u64, size: u64, len: usize) -> io::Result<usize> {
+    let n = read_span(pos, size, len);
+    if n == 0 && len > 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("write at {pos:#x} past the end of the {size}-byte disk"),
+        ));
+    }
+    Ok(n)
+}
+
 /// The position a `Seek` to `to` reaches from `current` on a disk of `size`
 /// bytes (past the end is allowed, as for files); shared by the crate's
 /// `Seek` impls and the chain crate's.
@@ -456,8 +464,7 @@ pub fn seek_position(current: u64, size: u64, to: SeekFrom) -> io::Result<u64> {
 
 impl Read for Disk {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let size = self.virtual_size();
-        let n = (size.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        let n = read_span(self.pos, self.virtual_size(), buf.len());
         if n == 0 {
             return Ok(0);
         }
