@@ -11,6 +11,7 @@ mod cmd_info;
 mod cmd_merge;
 mod cmd_read;
 mod cmd_resize;
+mod cmd_vmcx;
 mod cmd_write;
 mod image_arg;
 mod progress;
@@ -47,6 +48,8 @@ enum Command {
     Convert(cmd_convert::Args),
     /// Compare the guest-visible content of two images; exit 0 same, 1 different, 2 error
     Compare(cmd_compare::Args),
+    /// Read, edit and write Hyper-V configuration and runtime-state files (.vmcx, .vmrs)
+    Vmcx(cmd_vmcx::Args),
     /// Build a base disk and three checkpoint differencing disks, show and verify them
     Demo(cmd_demo::Args),
 }
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Merge(a) => cmd_merge::run(a),
         Command::Convert(a) => cmd_convert::run(a),
         Command::Compare(a) => cmd_compare::run(a),
+        Command::Vmcx(a) => cmd_vmcx::run(a),
         Command::Demo(a) => cmd_demo::run(a),
     };
     match result {
