@@ -13,6 +13,7 @@
 
 pub mod bat;
 pub mod check;
+pub mod crash_storage;
 pub mod create;
 pub mod disk;
 pub mod error;

@@ -12,164 +12,9 @@
 mod model;
 
 use model::*;
-use std::io;
-use std::sync::{Arc, Mutex};
-use vhdx::{MemStorage, OpenOptions, Storage};
-
-enum Undo {
-    Write {
-        offset: u64,
-        old: Vec<u8>,
-        new: Vec<u8>,
-        old_len: usize,
-    },
-    SetLen {
-        old_len: usize,
-        old_tail: Vec<u8>,
-        new_len: usize,
-    },
-}
-
-#[derive(Default)]
-struct State {
-    current: Vec<u8>,
-    /// Changes since the last flush, oldest first.
-    unflushed: Vec<Undo>,
-    ops: u64,
-    crash_after: Option<u64>,
-    crashed: bool,
-}
-
-/// Storage that stops after a number of writes/size changes/flushes.
-#[derive(Default)]
-struct CrashStorage(Mutex<State>);
-
-fn dead() -> io::Error {
-    io::Error::other("injected crash")
-}
-
-impl CrashStorage {
-    fn step(s: &mut State) -> io::Result<()> {
-        if s.crashed {
-            return Err(dead());
-        }
-        s.ops += 1;
-        if s.crash_after.is_some_and(|n| s.ops > n) {
-            s.crashed = true;
-            return Err(dead());
-        }
-        Ok(())
-    }
-    fn arm(&self, n: Option<u64>) {
-        let mut s = self.0.lock().unwrap();
-        s.ops = 0;
-        s.crash_after = n;
-    }
-    fn ops(&self) -> u64 {
-        self.0.lock().unwrap().ops
-    }
-    /// The bytes after a crash: durable state plus the unflushed changes
-    /// that `keep` selects, in order.
-    fn after_crash(&self, keep: &mut dyn FnMut(usize) -> bool) -> Vec<u8> {
-        let s = self.0.lock().unwrap();
-        let mut b = s.current.clone();
-        for u in s.unflushed.iter().rev() {
-            match u {
-                Undo::Write {
-                    offset,
-                    old,
-                    old_len,
-                    ..
-                } => {
-                    let o = *offset as usize;
-                    b[o..o + old.len()].copy_from_slice(old);
-                    b.truncate(*old_len);
-                }
-                Undo::SetLen {
-                    old_len, old_tail, ..
-                } => {
-                    b.truncate(*old_len - old_tail.len());
-                    b.extend_from_slice(old_tail);
-                    b.resize(*old_len, 0);
-                }
-            }
-        }
-        for (i, u) in s.unflushed.iter().enumerate() {
-            if !keep(i) {
-                continue;
-            }
-            match u {
-                Undo::Write { offset, new, .. } => {
-                    let o = *offset as usize;
-                    if b.len() < o + new.len() {
-                        b.resize(o + new.len(), 0);
-                    }
-                    b[o..o + new.len()].copy_from_slice(new);
-                }
-                Undo::SetLen { new_len, .. } => b.resize(*new_len, 0),
-            }
-        }
-        b
-    }
-}
-
-impl Storage for CrashStorage {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let s = self.0.lock().unwrap();
-        let o = offset as usize;
-        let src = s
-            .current
-            .get(o..o + buf.len())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "past end"))?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let mut s = self.0.lock().unwrap();
-        Self::step(&mut s)?;
-        let o = offset as usize;
-        let old_len = s.current.len();
-        if s.current.len() < o + buf.len() {
-            s.current.resize(o + buf.len(), 0);
-        }
-        let old = s.current[o..o + buf.len()].to_vec();
-        s.current[o..o + buf.len()].copy_from_slice(buf);
-        s.unflushed.push(Undo::Write {
-            offset,
-            old,
-            new: buf.to_vec(),
-            old_len,
-        });
-        Ok(())
-    }
-    fn flush(&self) -> io::Result<()> {
-        let mut s = self.0.lock().unwrap();
-        Self::step(&mut s)?;
-        s.unflushed.clear();
-        Ok(())
-    }
-    fn len(&self) -> io::Result<u64> {
-        Ok(self.0.lock().unwrap().current.len() as u64)
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        let mut s = self.0.lock().unwrap();
-        Self::step(&mut s)?;
-        let old_len = s.current.len();
-        let new_len = len as usize;
-        let old_tail = if new_len < old_len {
-            s.current[new_len..].to_vec()
-        } else {
-            vec![]
-        };
-        s.current.resize(new_len, 0);
-        s.unflushed.push(Undo::SetLen {
-            old_len,
-            old_tail,
-            new_len,
-        });
-        Ok(())
-    }
-}
+use std::sync::Arc;
+use vhdx::crash_storage::CrashStorage;
+use vhdx::{MemStorage, OpenOptions};
 
 /// Chooses which unflushed changes survive a crash.
 type Keep = Box<dyn FnMut(usize) -> bool>;
@@ -280,7 +125,7 @@ fn crash_everywhere(setup: &Setup, ops: &[Op]) -> u64 {
         let parent = build(setup, &*leaf);
         leaf.arm(Some(n));
         let o = run_until_crash(&leaf, &parent, &ops);
-        let pending = leaf.0.lock().unwrap().unflushed.len();
+        let pending = leaf.unflushed();
         let mut r = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let variants: [(&str, Keep); 3] = [
             ("unflushed lost", Box::new(|_| false)),

@@ -13,10 +13,12 @@
 //! # Ok::<(), vmcx::Error>(())
 //! ```
 
+pub mod edit;
 pub mod error;
 pub mod format;
 pub mod json;
 pub mod key_entry;
+pub mod model;
 pub mod replay_log;
 pub mod source;
 pub mod store;
@@ -25,6 +27,7 @@ pub mod writer;
 
 pub use error::{Error, Result};
 pub use format::KeyType;
+pub use model::{CheckpointType, VmConfig};
 pub use store::{OpenOptions, Problem, Store};
 pub use tree::{Blob, Key, KeyId, Tree, Value};
 pub use vhdx::{MemStorage, Storage};
