@@ -19,6 +19,8 @@ enum Sub {
     New(NewArgs),
     /// Show the VM the file describes: name, id, generation, memory, processors, checkpoint type, disks, network
     Show(ShowArgs),
+    /// Verify every structure and checksum; exit 0 clean, 2 corrupt, 3 replay log pending, 1 other error
+    Check(CheckArgs),
     /// Set one typed value (created if missing) as one crash-safe transaction through the replay log
     Set(SetArgs),
 }
@@ -27,6 +29,18 @@ enum Sub {
 struct ShowArgs {
     #[command(flatten)]
     open: OpenArgs,
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct CheckArgs {
+    /// The .vmcx or .vmrs file
+    file: PathBuf,
+    /// Apply a pending replay log to the file
+    #[arg(long)]
+    repair: bool,
     /// Print JSON instead of text
     #[arg(long)]
     json: bool,
@@ -107,6 +121,7 @@ pub fn run(a: Args) -> CliResult {
         Sub::New(n) => new(n),
         Sub::Show(a) => show(a),
         Sub::Set(a) => set(a),
+        Sub::Check(a) => check(a),
     }
 }
 
@@ -391,4 +406,84 @@ fn show(a: ShowArgs) -> CliResult {
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn check(a: CheckArgs) -> CliResult {
+    let lenient = OpenOptions {
+        lenient: true,
+        ..OpenOptions::default()
+    };
+    let store = Store::open_with(&a.file, lenient)?;
+    let pending = store.log().pending.len();
+    let mut repaired = false;
+    if pending > 0 && a.repair {
+        Store::open_with(
+            &a.file,
+            OpenOptions {
+                write: true,
+                lenient: true,
+                ..OpenOptions::default()
+            },
+        )?;
+        repaired = true;
+    }
+    let problems: Vec<_> = store
+        .problems()
+        .iter()
+        .filter(|p| !p.message.contains("replaced bad units"))
+        .collect();
+    let (slot, headers) = store.headers();
+    let st = store.stats();
+    let code = if !problems.is_empty() {
+        2
+    } else if pending > 0 && !repaired {
+        3
+    } else {
+        0
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "file": a.file,
+                "status": match code { 0 => "clean", 2 => "corrupt", _ => "log-needs-replay" },
+                "active_header": slot,
+                "header_sequences": headers.iter().map(|h| h.map(|h| h.sequence)).collect::<Vec<_>>(),
+                "keys": st.keys, "free_entries": st.free_entries, "file_objects": st.file_objects,
+                "key_tables": store.key_tables().len(), "object_tables": store.object_tables().len(),
+                "checksums_verified": st.checksums_verified,
+                "log_pending_records": pending, "repaired": repaired,
+                "problems": store.problems().iter().map(|p| serde_json::json!({"offset": p.offset, "message": p.message})).collect::<Vec<_>>(),
+            })
+        );
+    } else {
+        println!(
+            "{}: {} keys in {} key tables, {} object table(s), {} file objects; {} checksums verified; header copy {} active (sequences {:?})",
+            a.file.display(),
+            st.keys,
+            store.key_tables().len(),
+            store.object_tables().len(),
+            st.file_objects,
+            st.checksums_verified,
+            slot,
+            headers.iter().map(|h| h.map(|h| h.sequence)).collect::<Vec<_>>()
+        );
+        for p in store.problems() {
+            println!("  problem at {:#x}: {}", p.offset, p.message);
+        }
+        match (pending, repaired) {
+            (0, _) => println!("  replay log: clean"),
+            (n, true) => println!("  replay log: {n} pending record(s) applied to the file"),
+            (n, false) => println!("  replay log: {n} pending record(s) (applied in memory above; --repair writes them)"),
+        }
+        println!(
+            "  status: {}",
+            match code {
+                0 => "clean",
+                2 => "corrupt",
+                _ => "log needs replay",
+            }
+        );
+    }
+    Ok(ExitCode::from(code))
 }

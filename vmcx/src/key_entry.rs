@@ -36,8 +36,13 @@ pub fn stored(value: &Value, next_insertion: u32, change_tracking: u64) -> Resul
             Stored::Inline(v)
         }
         Value::String(s) => {
-            // Real files store the UTF-16 bytes without a terminating NUL.
-            let b: Vec<u8> = s.encode_utf16().flat_map(u16::to_le_bytes).collect();
+            // Real files store the UTF-16 bytes without a terminating NUL;
+            // readers drop one trailing NUL if present, so a string that
+            // itself ends in NUL gets one more to survive that.
+            let mut b: Vec<u8> = s.encode_utf16().flat_map(u16::to_le_bytes).collect();
+            if s.ends_with('\0') {
+                b.extend_from_slice(&[0, 0]);
+            }
             big_or_inline(KeyType::String, b, with_len)?
         }
         Value::Array(b) => big_or_inline(KeyType::Array, b.clone(), with_len)?,
