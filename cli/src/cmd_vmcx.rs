@@ -142,12 +142,26 @@ fn dump(a: DumpArgs) -> CliResult {
     }
     for id in tree.walk() {
         let k = tree.key(id);
-        let v = store.value(id)?;
+        let shown = match k.value {
+            // Large file objects (saved memory) are not read whole for a
+            // text listing: their start is enough.
+            Value::Blob(b) if b.len > 1 << 16 => {
+                let mut head = [0u8; 32];
+                std::io::Read::read_exact(&mut store.blob_reader(b), &mut head)?;
+                format!(
+                    "{} bytes in a file object at {:#x}, starting {}...",
+                    b.len,
+                    b.offset,
+                    vmcx::tree::to_hex(&head)
+                )
+            }
+            _ => show_value(&store.value(id)?, k.next_insertion),
+        };
         println!(
             "{} | {} | {}",
             tree.path(id),
             k.value.key_type().name(),
-            show_value(&v, k.next_insertion)
+            shown
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "hvkit", version, about = "Hyper-V disk images (VHDX/AVHDX) on any OS", long_about = None)]
+#[command(name = "hvkit", version, about = "Hyper-V disk images (VHDX/AVHDX) and configuration and state files (VMCX/VMRS) on any OS", long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

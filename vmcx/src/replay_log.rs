@@ -8,6 +8,9 @@ use crate::error::{Error, Result};
 use crate::format::*;
 use crate::source::Source;
 
+/// A record to apply: destination offset and bytes.
+pub type Record = (u64, Vec<u8>);
+
 /// What the log says about the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogState {
@@ -22,7 +25,7 @@ pub struct LogState {
 /// Reads and validates the log the file header points at. `Ok(Err(..))`
 /// carries a problem found in a log that cannot be used (the caller
 /// decides whether that is fatal).
-pub fn read(src: &Source, h: &FileHeader) -> Result<(LogState, Vec<(u64, Vec<u8>)>)> {
+pub fn read(src: &Source, h: &FileHeader) -> Result<(LogState, Vec<Record>)> {
     let name = &src.name;
     let bad = |off: u64, why: String| Error::corrupt(name, "replay log", off, why);
     if (h.log_header_size as usize) < LOG_HEADER_LEN || u64::from(h.log_header_size) > h.log_size {

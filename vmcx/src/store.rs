@@ -808,7 +808,7 @@ pub(crate) fn utf16_to_string(b: &[u8]) -> (String, bool) {
     if units.last() == Some(&0) {
         units.pop();
     }
-    let mut bad = b.len() % 2 != 0;
+    let mut bad = b.len() & 1 == 1;
     let s: String = char::decode_utf16(units)
         .map(|r| {
             r.unwrap_or_else(|_| {

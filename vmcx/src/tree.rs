@@ -94,7 +94,7 @@ pub fn to_hex(b: &[u8]) -> String {
 /// Bytes from hex digits (either case, no separators).
 pub fn from_hex(s: &str) -> Option<Vec<u8>> {
     let s = s.as_bytes();
-    if s.len() % 2 != 0 {
+    if s.len() & 1 == 1 {
         return None;
     }
     let d = |c: u8| (c as char).to_digit(16).map(|v| v as u8);

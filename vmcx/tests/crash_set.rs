@@ -136,7 +136,7 @@ fn crash_at_every_write_and_flush_of_set() {
                 match keep_mode {
                     0 => false,
                     1 => true,
-                    _ => i % 2 == 0,
+                    _ => i & 1 == 0,
                 }
             });
             let (ro, mem) =
