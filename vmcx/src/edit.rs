@@ -114,10 +114,17 @@ impl Store {
             move |e| Error::io(&name, off, e)
         };
         let log = self.log.clone();
-        let room = log.size - u64::from(log.header_size);
+        let room = log.size.saturating_sub(u64::from(log.header_size));
         let total: u64 = records.iter().map(|(_, d)| d.len() as u64).sum();
-        let max = u64::from(log.header.max_entries)
-            .min(((log.header_size as usize - LOG_HEADER_LEN) / LOG_ENTRY_LEN) as u64);
+        let max = u64::from(log.header.max_entries).min(
+            ((log.header_size as usize).saturating_sub(LOG_HEADER_LEN) / LOG_ENTRY_LEN) as u64,
+        );
+        if log.header.max_entries == 0 {
+            return Err(Error::Unsupported {
+                path: self.name().to_string(),
+                reason: "the replay log is unusable (damaged or without room for records); it cannot carry an edit".into(),
+            });
+        }
         if total > room || records.len() as u64 > max {
             return Err(Error::Unsupported {
                 path: self.name().to_string(),
@@ -469,12 +476,22 @@ impl<'a> Txn<'a> {
             .max()
             .unwrap_or(0)
             .max(pk.next_insertion.saturating_sub(1))
-            + 1;
+            .checked_add(1)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{}: no insertion sequence left for a new child",
+                    tree.path(parent)
+                ))
+            })?;
         if parent != Tree::ROOT {
             let loc = pk.location.expect("located");
             let gp = self.parent_ref(pk.parent.expect("not the root"));
             let name = key_entry::name_bytes(&pk.name)?;
-            let (v, _) = self.value_bytes(&Value::Node, insertion + 1, pk.change_tracking)?;
+            let (v, _) = self.value_bytes(
+                &Value::Node,
+                insertion.saturating_add(1),
+                pk.change_tracking,
+            )?;
             let e = key_entry::encode(&pk, &name, &v, false, loc.size as usize, gp);
             let p = self.page(loc.table)?;
             p.new[loc.entry_offset as usize..][..loc.size as usize].copy_from_slice(&e);

@@ -12,32 +12,57 @@ use crate::format::KeyType;
 use crate::tree::{from_hex, to_hex, KeyId, Tree, Value};
 use serde_json::{json, Map, Value as J};
 
+/// Deepest nesting of keys [`to_json`] converts (real files nest fewer
+/// than ten levels; the conversion recurses, and a hostile file can nest
+/// as deep as it has keys).
+pub const MAX_DEPTH: usize = 256;
+
 /// The tree under `id` as JSON; `resolve` turns file-object values into
 /// inline ones (e.g. [`crate::Store::value`]).
 pub fn to_json(tree: &Tree, id: KeyId, resolve: &dyn Fn(KeyId) -> Result<Value>) -> Result<J> {
+    to_json_at(tree, id, resolve, 0)
+}
+
+fn to_json_at(
+    tree: &Tree,
+    id: KeyId,
+    resolve: &dyn Fn(KeyId) -> Result<Value>,
+    depth: usize,
+) -> Result<J> {
+    if depth > MAX_DEPTH {
+        return Err(Error::Invalid(format!(
+            "{}: keys nested deeper than {MAX_DEPTH} levels cannot be converted to JSON",
+            tree.path(id)
+        )));
+    }
     let k = tree.key(id);
     let value = match &k.value {
         Value::Node => {
             let mut m = Map::new();
             let children = tree.children(id);
-            let mut done = vec![false; children.len()];
-            for (i, &c) in children.iter().enumerate() {
-                if done[i] {
-                    continue;
-                }
-                let name = &tree.key(c).name;
-                let same: Vec<usize> = (i..children.len())
-                    .filter(|&j| tree.key(children[j]).name == *name)
-                    .collect();
-                if same.len() == 1 {
-                    m.insert(name.clone(), to_json(tree, c, resolve)?);
-                } else {
-                    let mut arr = Vec::new();
-                    for j in same {
-                        done[j] = true;
-                        arr.push(to_json(tree, children[j], resolve)?);
+            // Children grouped by name, groups in order of first appearance.
+            let mut groups: Vec<(&str, Vec<KeyId>)> = Vec::new();
+            let mut by_name: std::collections::HashMap<&str, usize> =
+                std::collections::HashMap::new();
+            for &c in children {
+                let name = tree.key(c).name.as_str();
+                match by_name.get(name) {
+                    Some(&g) => groups[g].1.push(c),
+                    None => {
+                        by_name.insert(name, groups.len());
+                        groups.push((name, vec![c]));
                     }
-                    m.insert(name.clone(), J::Array(arr));
+                }
+            }
+            for (name, ids) in groups {
+                if let [one] = ids[..] {
+                    m.insert(name.to_string(), to_json_at(tree, one, resolve, depth + 1)?);
+                } else {
+                    let mut arr = Vec::with_capacity(ids.len());
+                    for c in ids {
+                        arr.push(to_json_at(tree, c, resolve, depth + 1)?);
+                    }
+                    m.insert(name.to_string(), J::Array(arr));
                 }
             }
             J::Object(m)

@@ -79,6 +79,15 @@ pub fn read(src: &Source, h: &FileHeader) -> Result<(LogState, Vec<Record>)> {
         "replay log entries",
     )?;
     let log_end = h.log_offset + h.log_size;
+    // A transaction's data lies back to back in the data area, so all of
+    // it fits in the part of that area the file holds; records sharing
+    // their data could otherwise make memory grow with the square of the
+    // file size.
+    let room = src
+        .len()
+        .min(log_end)
+        .saturating_sub(h.log_offset + u64::from(h.log_header_size));
+    let mut total = 0u64;
     let mut records = Vec::with_capacity(n);
     for i in 0..n {
         let at = h.log_offset + (LOG_HEADER_LEN + i * LOG_ENTRY_LEN) as u64;
@@ -98,7 +107,27 @@ pub fn read(src: &Source, h: &FileHeader) -> Result<(LogState, Vec<Record>)> {
                 ),
             ));
         }
-        let dest_end = e.dest_offset.saturating_add(u64::from(e.dest_size));
+        total += u64::from(e.dest_size);
+        if total > room {
+            return Err(bad(
+                at,
+                format!(
+                    "record {i}: the records carry {total:#x} bytes, more than the {room:#x} bytes of log data area in the file"
+                ),
+            ));
+        }
+        let dest_end = e
+            .dest_offset
+            .checked_add(u64::from(e.dest_size))
+            .ok_or_else(|| {
+                bad(
+                    at,
+                    format!(
+                        "record {i}: destination {:#x} + {:#x} bytes overflows",
+                        e.dest_offset, e.dest_size
+                    ),
+                )
+            })?;
         if e.dest_offset < ROOT_OBJECT_TABLE && e.dest_size > 0 {
             return Err(bad(at, format!("record {i}: writes over the file headers")));
         }

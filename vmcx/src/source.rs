@@ -14,6 +14,10 @@ pub struct Source {
     overlay: Vec<(u64, Vec<u8>)>,
     storage_len: u64,
     len: u64,
+    /// Bytes actually held: the storage's plus the overlay's. Records may
+    /// extend the file past a gap (read as zeros), but no structure can be
+    /// larger than this.
+    held: u64,
 }
 
 impl Source {
@@ -25,6 +29,7 @@ impl Source {
             overlay: Vec::new(),
             storage_len,
             len: storage_len,
+            held: storage_len,
         })
     }
 
@@ -40,8 +45,11 @@ impl Source {
     pub fn set_overlay(&mut self, records: Vec<(u64, Vec<u8>)>) {
         self.len = records
             .iter()
-            .map(|(o, d)| o + d.len() as u64)
+            .map(|(o, d)| o.saturating_add(d.len() as u64))
             .fold(self.storage_len, u64::max);
+        self.held = records.iter().fold(self.storage_len, |n, (_, d)| {
+            n.saturating_add(d.len() as u64)
+        });
         self.overlay = records;
     }
 
@@ -90,6 +98,17 @@ impl Source {
         // Checked before allocating: sizes come from the file.
         if offset.saturating_add(len as u64) > self.len {
             return Err(self.past_end(offset, len as u64, what));
+        }
+        if len as u64 > self.held {
+            return Err(Error::corrupt(
+                &self.name,
+                what,
+                offset,
+                format!(
+                    "{len} bytes are more than the file and its replayed records hold ({} bytes)",
+                    self.held
+                ),
+            ));
         }
         let mut v = vec![0u8; len];
         self.read_at(&mut v, offset, what)?;

@@ -379,7 +379,8 @@ impl Store {
             ),
             (
                 self.log.offset,
-                self.log.offset + self.log.size,
+                // Unchecked when a lenient open could not use the log.
+                self.log.offset.saturating_add(self.log.size),
                 "replay log",
             ),
         ];
@@ -602,7 +603,8 @@ impl Store {
         self.stats.file_objects = declared.len();
         for id in self.tree.walk() {
             if let Value::Blob(b) = self.tree.key(id).value {
-                let end = b.offset + u64::from(b.len);
+                // An offset near u64::MAX (from the file) must not overflow.
+                let end = b.offset.saturating_add(u64::from(b.len));
                 if !declared.iter().any(|&(s, e)| s <= b.offset && end <= e) {
                     let e = Error::corrupt(
                         &name,
@@ -941,7 +943,11 @@ impl io::Read for BlobReader<'_> {
         }
         self.store
             .src
-            .read_at(&mut buf[..n], self.blob.offset + self.pos, "file object")
+            .read_at(
+                &mut buf[..n],
+                self.blob.offset.saturating_add(self.pos),
+                "file object",
+            )
             .map_err(io::Error::other)?;
         self.pos += n as u64;
         Ok(n)

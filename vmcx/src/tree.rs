@@ -201,7 +201,7 @@ impl Tree {
             .max()
             .unwrap_or(0)
             .max(self.keys[parent].next_insertion.saturating_sub(1))
-            + 1;
+            .saturating_add(1);
         self.add_raw(parent, name, value, insertion)
     }
 
