@@ -247,6 +247,17 @@ impl Store {
         self.src.read_at(buf, offset, "data")
     }
 
+    /// The file itself when nothing is laid over it (no replayed log
+    /// records), so callers may copy file-object bytes straight from it
+    /// (`copy_file_range`).
+    pub fn direct_file(&self) -> Option<&std::fs::File> {
+        if self.src.has_overlay() {
+            None
+        } else {
+            self.src.storage.as_file()
+        }
+    }
+
     /// The value of `id`, with a file-object value read into memory.
     pub fn value(&self, id: KeyId) -> Result<Value> {
         match &self.tree.key(id).value {

@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use crate::format::*;
 use crate::key_entry::{self, Stored, SLACK};
-use crate::tree::{KeyId, Tree, Value};
+use crate::tree::{Blob, KeyId, Tree, Value};
 use std::fs::File;
 use std::path::Path;
 use vhdx::Storage;
@@ -34,7 +34,7 @@ struct Placed {
     key: KeyId,
     name: Vec<u8>,
     value: Vec<u8>,
-    large: Option<Vec<u8>>,
+    large: Option<Large>,
     size: usize,
     table: u16,
     offset: u32,
@@ -48,12 +48,59 @@ pub fn write(
     tree: &Tree,
     resolve: &dyn Fn(KeyId) -> Result<Value>,
 ) -> Result<Layout> {
+    write_streaming(storage, name, tree, resolve, None)
+}
+
+/// Supplies the bytes of `Value::Blob` values while a file is written,
+/// so large values (saved memory) never sit in memory whole.
+pub trait BlobSource {
+    /// Calls `out` with the `blob.len` bytes of key `id`, in order, in
+    /// pieces of any size.
+    fn stream(
+        &self,
+        id: KeyId,
+        blob: &Blob,
+        out: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()>;
+}
+
+/// A file-object value to write: in memory, or streamed from a source.
+enum Large {
+    Bytes(Vec<u8>),
+    Stream(Blob),
+}
+
+impl Large {
+    fn len(&self) -> usize {
+        match self {
+            Large::Bytes(b) => b.len(),
+            Large::Stream(b) => b.len as usize,
+        }
+    }
+}
+
+/// [`write`], with `Value::Blob` values of 2 KiB or more taken from
+/// `source` (when given) as the file is written instead of through
+/// `resolve`. The file objects are written in tree order, back to back and
+/// 4 KiB aligned.
+pub fn write_streaming(
+    storage: &dyn Storage,
+    name: &str,
+    tree: &Tree,
+    resolve: &dyn Fn(KeyId) -> Result<Value>,
+    source: Option<&dyn BlobSource>,
+) -> Result<Layout> {
     let order = tree.walk();
     let mut placed: Vec<Placed> = Vec::with_capacity(order.len());
     let mut slot_of = vec![usize::MAX; tree.len()];
     for &id in &order {
         let k = tree.key(id);
+        let streamed = match (&k.value, source) {
+            (Value::Blob(b), Some(_)) if b.len as usize >= FILE_OBJECT_THRESHOLD => Some(*b),
+            _ => None,
+        };
         let value = match &k.value {
+            _ if streamed.is_some() => Value::Node, // placeholder, not encoded
             Value::Blob(_) => resolve(id)?,
             v => v.clone(),
         };
@@ -66,9 +113,12 @@ pub fn write(
             .max(k.next_insertion);
         let nb = key_entry::name_bytes(&k.name)
             .map_err(|e| Error::Layout(format!("{}: {e}", tree.path(id))))?;
-        let (value, large) = match key_entry::stored(&value, next, k.change_tracking)? {
-            Stored::Inline(v) => (v, None),
-            Stored::Large(_, b) => (vec![0u8; 12], Some(b)),
+        let (value, large) = match streamed {
+            Some(b) => (vec![0u8; 12], Some(Large::Stream(b))),
+            None => match key_entry::stored(&value, next, k.change_tracking)? {
+                Stored::Inline(v) => (v, None),
+                Stored::Large(_, b) => (vec![0u8; 12], Some(Large::Bytes(b))),
+            },
         };
         let size = key_entry::meaningful_len(&nb, value.len()) + SLACK;
         slot_of[id] = placed.len();
@@ -132,6 +182,9 @@ pub fn write(
     let mut blobs: Vec<(u64, usize)> = Vec::new(); // (offset, placed index)
     for (i, p) in placed.iter_mut().enumerate() {
         if let Some(b) = &p.large {
+            if u32::try_from(b.len()).is_err() {
+                return Err(Error::Layout("file object over 4 GiB".into()));
+            }
             let aligned = (b.len() as u64).div_ceil(ALIGN) * ALIGN;
             let size = u32::try_from(aligned)
                 .map_err(|_| Error::Layout("file object over 4 GiB".into()))?;
@@ -240,7 +293,32 @@ pub fn write(
     // File objects, padded to the alignment.
     for &(off, i) in &blobs {
         let b = placed[i].large.as_ref().expect("large");
-        w(b, off)?;
+        match b {
+            Large::Bytes(b) => w(b, off)?,
+            Large::Stream(blob) => {
+                let mut at = 0u64;
+                let src = source.expect("streamed values come with a source");
+                src.stream(placed[i].key, blob, &mut |piece| {
+                    if at + piece.len() as u64 > u64::from(blob.len) {
+                        return Err(Error::Invalid(format!(
+                            "{}: the source gave more than {} bytes",
+                            tree.path(placed[i].key),
+                            blob.len
+                        )));
+                    }
+                    w(piece, off + at)?;
+                    at += piece.len() as u64;
+                    Ok(())
+                })?;
+                if at != u64::from(blob.len) {
+                    return Err(Error::Invalid(format!(
+                        "{}: the source gave {at} of {} bytes",
+                        tree.path(placed[i].key),
+                        blob.len
+                    )));
+                }
+            }
+        }
         let pad = (b.len() as u64).div_ceil(ALIGN) * ALIGN - b.len() as u64;
         if pad > 0 {
             w(&vec![0u8; pad as usize], off + b.len() as u64)?;
