@@ -12,6 +12,7 @@ mod cmd_merge;
 mod cmd_read;
 mod cmd_resize;
 mod cmd_vmcx;
+mod cmd_vmrs;
 mod cmd_write;
 mod image_arg;
 mod progress;
@@ -50,6 +51,8 @@ enum Command {
     Compare(cmd_compare::Args),
     /// Read, edit and write Hyper-V configuration and runtime-state files (.vmcx, .vmrs)
     Vmcx(cmd_vmcx::Args),
+    /// Guest memory and vCPU registers of saved states and standard checkpoints (.vmrs)
+    Vmrs(cmd_vmrs::Args),
     /// Build a base disk and three checkpoint differencing disks, show and verify them
     Demo(cmd_demo::Args),
 }
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => cmd_convert::run(a),
         Command::Compare(a) => cmd_compare::run(a),
         Command::Vmcx(a) => cmd_vmcx::run(a),
+        Command::Vmrs(a) => cmd_vmrs::run(a),
         Command::Demo(a) => cmd_demo::run(a),
     };
     match result {
