@@ -177,6 +177,40 @@ fn create_info_extract() {
             println!("SKIP: readelf not installed");
         }
     }
+    // volatility3's ELF layer reads the same bytes at the same addresses.
+    match std::env::var_os("HVKIT_PYTHON") {
+        Some(py) => {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/vol_elf_read.py");
+            let o = Command::new(py)
+                .arg(script)
+                .arg(&elf)
+                .args(["0", &a.len().to_string(), gpa_b, &b.len().to_string()])
+                .output()
+                .unwrap();
+            let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert!(j.get("error").is_none(), "volatility3: {}", j["error"]);
+            let sha = |d: &[u8]| {
+                use sha2::Digest;
+                sha2::Sha256::digest(d)
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<String>()
+            };
+            assert_eq!(j["reads"][0], sha(&a));
+            assert_eq!(j["reads"][1], sha(&b));
+            assert_eq!(
+                j["max_address"],
+                0x1_0000_0000u64 + (b.len() as u64).div_ceil(4096) * 4096 - 1
+            );
+        }
+        None => {
+            assert!(
+                std::env::var_os("HVKIT_REQUIRE_ORACLES").is_none_or(|v| v != "1"),
+                "HVKIT_PYTHON is required"
+            );
+            println!("SKIP: HVKIT_PYTHON not set (volatility3 ELF layer cross-check)");
+        }
+    }
     let e = std::fs::read(&elf).unwrap();
     let loads = vmrs::elf::loads(&e).unwrap();
     assert!(e[loads[0].1 as usize..][..a.len()] == a[..]);

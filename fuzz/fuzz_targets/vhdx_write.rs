@@ -206,7 +206,8 @@ fn build_parents(lss: u32, psize: u64, layout: u8) -> Parents {
 }
 
 fn parents(lss: u32, psize: u64, layout: u8) -> Arc<Parents> {
-    static CACHE: OnceLock<Mutex<HashMap<(u32, u64, u8), Arc<Parents>>>> = OnceLock::new();
+    type ParentCache = Mutex<HashMap<(u32, u64, u8), Arc<Parents>>>;
+    static CACHE: OnceLock<ParentCache> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let mut c = cache.lock().unwrap();
     c.entry((lss, psize, layout))

@@ -111,6 +111,36 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    /// Enough file objects (and keys) that the object tables must chain.
+    #[test]
+    fn trees_needing_chained_object_tables_round_trip(n in 200usize..700, extra in 0usize..300, seed in any::<u8>()) {
+        let mut t = Tree::new();
+        let c = t.add(Tree::ROOT, "savedstate", Value::Node);
+        for i in 0..n {
+            let len = 2048 + (i * 37 + seed as usize) % 1500;
+            if i % 3 == 0 {
+                t.add(c, &format!("s{i}"), Value::String("\u{e9}".repeat(len / 2)));
+            } else {
+                t.add(c, "dup", Value::Array(vec![(i as u8) ^ seed; len]));
+            }
+        }
+        let m = t.add(c, "small", Value::Node);
+        for i in 0..extra {
+            t.add(m, &format!("k{i}"), Value::Int(i as i64));
+        }
+        let (mem, l) = write(&t);
+        prop_assert_eq!(l.object_tables, (l.key_tables + l.file_objects).div_ceil(226));
+        prop_assert!(l.object_tables >= 2);
+        let s = Store::from_storage(mem, "mem", OpenOptions::default()).unwrap();
+        prop_assert!(s.problems().is_empty());
+        prop_assert_eq!(s.object_tables().len(), l.object_tables);
+        prop_assert_eq!(tree_json(&s), vmcx::json::to_json(&t, Tree::ROOT, &|_| unreachable!()).unwrap());
+    }
+}
+
 #[test]
 fn many_file_objects_need_chained_object_tables() {
     let mut t = Tree::new();
