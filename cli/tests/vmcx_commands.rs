@@ -25,19 +25,9 @@ fn ok(args: &[&str]) -> String {
 }
 
 fn hyperv_corpus() -> Option<PathBuf> {
-    let dir = std::env::var_os("HVKIT_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"))
-        .join("hyperv");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        println!(
-            "SKIP: corpus not found at {} (set HVKIT_CORPUS)",
-            dir.display()
-        );
-        None
-    }
+    vhdx::test_corpus::corpus_subdir(env!("CARGO_MANIFEST_DIR"), "hyperv")
+        .map_err(|skip| println!("{skip}"))
+        .ok()
 }
 
 fn p(x: &Path) -> &str {

@@ -13,6 +13,7 @@
 
 pub mod bat;
 pub mod check;
+pub mod counting_alloc;
 pub mod crash_storage;
 pub mod create;
 pub mod disk;
@@ -30,6 +31,7 @@ pub mod relink;
 pub mod sector_bitmap;
 pub mod size;
 pub mod storage;
+pub mod test_corpus;
 pub mod write;
 
 pub use disk::{ChainOptions, Disk, Layer, MAX_CHAIN_DEPTH};

@@ -10,8 +10,6 @@
 
 mod common;
 use common::Rng;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::PathBuf;
@@ -28,53 +26,11 @@ use vhdx::{check, Disk, Error, LogStatus, MemStorage, OpenOptions, Run, Severity
 use vhdx::{Problem, VhdxFile};
 
 // ---------------------------------------------------------------------------
-// Counting allocator: the largest single allocation of this thread while
-// tracking is on.
-
-struct CountingAlloc;
-
-thread_local! {
-    static TRACKING: Cell<bool> = const { Cell::new(false) };
-    static PEAK: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(size: usize) {
-    let _ = TRACKING.try_with(|t| {
-        if t.get() {
-            let _ = PEAK.try_with(|p| p.set(p.get().max(size)));
-        }
-    });
-}
-
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+// Counting allocator (shared with the other crates' hostile tests).
 
 #[global_allocator]
-static ALLOC: CountingAlloc = CountingAlloc;
-
-/// Runs `f` and returns its result with the largest single allocation it made.
-fn measure<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    PEAK.with(|p| p.set(0));
-    TRACKING.with(|t| t.set(true));
-    let r = f();
-    TRACKING.with(|t| t.set(false));
-    (r, PEAK.with(|p| p.get()))
-}
+static ALLOC: vhdx::counting_alloc::CountingAlloc = vhdx::counting_alloc::CountingAlloc;
+use vhdx::counting_alloc::measure;
 
 // ---------------------------------------------------------------------------
 // Storage: a shared pristine image with a few patched byte ranges and a

@@ -11,8 +11,6 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Arc};
@@ -28,55 +26,18 @@ use vmcx::writer::OBJECT_TABLE_CAPACITY;
 use vmcx::{Error, KeyId, MemStorage, OpenOptions, Storage, Store, Tree, Value};
 
 // ---------------------------------------------------------------------------
-// Counting allocator: the largest single allocation of this thread while
-// tracking is on.
-
-struct CountingAlloc;
-
-thread_local! {
-    static TRACKING: Cell<bool> = const { Cell::new(false) };
-    static PEAK: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(size: usize) {
-    let _ = TRACKING.try_with(|t| {
-        if t.get() {
-            let _ = PEAK.try_with(|p| p.set(p.get().max(size)));
-        }
-    });
-}
-
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+// Counting allocator (shared with the other crates' hostile tests).
 
 #[global_allocator]
-static ALLOC: CountingAlloc = CountingAlloc;
+static ALLOC: vhdx::counting_alloc::CountingAlloc = vhdx::counting_alloc::CountingAlloc;
+use vhdx::counting_alloc::measure;
 
 /// Runs `f` on its own thread; fails unless it returns within a second.
 /// Returns its result and the largest single allocation it made.
 fn quick<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> (T, usize) {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        PEAK.with(|p| p.set(0));
-        TRACKING.with(|t| t.set(true));
-        let r = f();
-        TRACKING.with(|t| t.set(false));
-        let _ = tx.send((r, PEAK.with(|p| p.get())));
+        let _ = tx.send(measure(f));
     });
     match rx.recv_timeout(Duration::from_secs(1)) {
         Ok(r) => r,

@@ -19,8 +19,6 @@
 //! file; reads at the top of the address space and extraction of ranges
 //! whose output would not fit a 64-bit file.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::os::unix::fs::FileExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -35,53 +33,11 @@ use vmrs::ram_block::{T_END, T_PATTERN_PAGE, T_PATTERN_RUN, T_SPAN};
 use vmrs::{lznt1, xpress, Error, MemoryPiece, SavedState, SavedStateSpec};
 
 // ---------------------------------------------------------------------------
-// Counting allocator: the largest single allocation of this thread while
-// tracking is on.
-
-struct CountingAlloc;
-
-thread_local! {
-    static TRACKING: Cell<bool> = const { Cell::new(false) };
-    static PEAK: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(size: usize) {
-    let _ = TRACKING.try_with(|t| {
-        if t.get() {
-            let _ = PEAK.try_with(|p| p.set(p.get().max(size)));
-        }
-    });
-}
-
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+// Counting allocator (shared with the other crates' hostile tests).
 
 #[global_allocator]
-static ALLOC: CountingAlloc = CountingAlloc;
-
-/// Runs `f` and returns its result with the largest single allocation it made.
-fn measure<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    PEAK.with(|p| p.set(0));
-    TRACKING.with(|t| t.set(true));
-    let r = f();
-    TRACKING.with(|t| t.set(false));
-    (r, PEAK.with(|p| p.get()))
-}
+static ALLOC: vhdx::counting_alloc::CountingAlloc = vhdx::counting_alloc::CountingAlloc;
+use vhdx::counting_alloc::measure;
 
 /// Every case must finish within this.
 const LIMIT: Duration = Duration::from_secs(1);

@@ -9,19 +9,9 @@ use vmcx::{Store, Tree, Value};
 
 /// `corpus/hyperv`, or None (with the reason printed) when it is absent.
 pub fn hyperv_corpus() -> Option<PathBuf> {
-    let dir = std::env::var_os("HVKIT_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"))
-        .join("hyperv");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        println!(
-            "SKIP: corpus not found at {} (set HVKIT_CORPUS)",
-            dir.display()
-        );
-        None
-    }
+    vhdx::test_corpus::corpus_subdir(env!("CARGO_MANIFEST_DIR"), "hyperv")
+        .map_err(|skip| println!("{skip}"))
+        .ok()
 }
 
 /// Every HyperVStorage file of the corpus (not the XML ones).
