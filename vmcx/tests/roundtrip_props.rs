@@ -116,7 +116,7 @@ proptest! {
 
     /// Enough file objects (and keys) that the object tables must chain.
     #[test]
-    fn trees_needing_chained_object_tables_round_trip(n in 200usize..700, extra in 0usize..300, seed in any::<u8>()) {
+    fn trees_needing_chained_object_tables_round_trip(n in 230usize..700, extra in 0usize..300, seed in any::<u8>()) {
         let mut t = Tree::new();
         let c = t.add(Tree::ROOT, "savedstate", Value::Node);
         for i in 0..n {
