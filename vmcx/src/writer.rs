@@ -343,6 +343,17 @@ pub fn create(
     tree: &Tree,
     resolve: &dyn Fn(KeyId) -> Result<Value>,
 ) -> Result<Layout> {
+    replace_file(path, |f, name| write(f, name, tree, resolve))
+}
+
+/// Runs `write` on a new temporary file beside `path` (with `path`'s name
+/// for messages); when it succeeds the file is renamed over `path` and the
+/// folder synced, when it fails the temporary file is removed. `write` must
+/// flush what it writes. Also used by the vmrs crate's writer.
+pub fn replace_file<T, E: From<Error>>(
+    path: &Path,
+    write: impl FnOnce(&File, &str) -> Result<T, E>,
+) -> Result<T, E> {
     let name = path.display().to_string();
     let dir = path
         .parent()
@@ -357,15 +368,15 @@ pub fn create(
         std::process::id()
     ));
     let f = File::create(&tmp).map_err(|e| Error::io(&tmp.display().to_string(), 0, e))?;
-    let r = write(&f, &name, tree, resolve);
+    let r = write(&f, &name);
     drop(f);
     match r {
-        Ok(l) => {
+        Ok(v) => {
             std::fs::rename(&tmp, path).map_err(|e| Error::io(&name, 0, e))?;
             if let Ok(d) = File::open(dir) {
                 let _ = d.sync_all();
             }
-            Ok(l)
+            Ok(v)
         }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);

@@ -230,29 +230,5 @@ pub fn write(storage: &dyn Storage, name: &str, spec: &SavedStateSpec) -> Result
 /// Writes a saved state to `path` (a temporary file beside it, renamed
 /// over it when complete).
 pub fn create(path: &Path, spec: &SavedStateSpec) -> Result<Layout> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let f = File::create(&tmp)?;
-    let r = write(&f, &path.display().to_string(), spec);
-    drop(f);
-    match r {
-        Ok(l) => {
-            std::fs::rename(&tmp, path)?;
-            Ok(l)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    vmcx::writer::replace_file(path, |f, name| write(f, name, spec))
 }
