@@ -30,20 +30,8 @@ cargo build --release -q -p hvkit-benches --example merge_case
 HVKIT=$PWD/target/release/hvkit
 CASE=$PWD/target/release/examples/merge_case
 
-settle() {
-    sync
-    sleep 2
-    while [ "$(awk '/^(Dirty|Writeback):/ {s += $2} END {print s}' /proc/meminfo)" -gt 65536 ]; do sleep 1; done
-    echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-}
-secs() {
-    local s e
-    s=$(date +%s.%N)
-    "$@" >/dev/null
-    e=$(date +%s.%N)
-    awk -v s="$s" -v e="$e" 'BEGIN {printf "%.3f", e - s}'
-}
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+# settle (nothing dirty, the disk idle), drop_caches, secs, median.
+. benches/lib.sh
 copy() { cp --reflink=never "$1" "$2"; }
 
 P=$DIR/pristine
@@ -88,6 +76,7 @@ for layout in $LAYOUTS; do
                 qemu) copy "$L/base.qcow2" "$W/base.qcow2"; copy "$L/child.qcow2" "$W/child.qcow2" ;;
             esac
             settle
+            drop_caches
             case $tool in
                 hvkit) s=$(secs bash -c "'$HVKIT' merge -q --keep '$W/child.avhdx' && sync '$W/base.vhdx'") ;;
                 hvkit_rm) s=$(secs bash -c "'$HVKIT' merge -q '$W/child.avhdx' && sync '$W/base.vhdx'") ;;
@@ -135,6 +124,7 @@ if [ "$(id -u)" -eq 0 ] && command -v mkfs.xfs >/dev/null; then
         rm -rf "$X/w"; mkdir -p "$X/w"
         cp --reflink=always "$X/p/base.vhdx" "$X/p/child.avhdx" "$X/w/"
         settle
+        drop_caches
         out=$("$HVKIT" merge -q --json "$X/w/child.avhdx")
         ms+="$(python3 -c 'import json,sys; v=json.load(sys.stdin); print(round(v["seconds"]*1000, 1), v["bytes_reflinked"], v["bytes_copied"])' <<<"$out") ; "
     done

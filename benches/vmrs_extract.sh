@@ -18,17 +18,8 @@ if [ ! -f "$STATE" ]; then
     "$HVKIT" vmrs create -o "$STATE" --memory "$MEM"
 fi
 [ -f "$MEM" ] || head -c $((1 << 30)) /dev/urandom > "$MEM"
-settle() {
-    sync
-    sleep 2
-    while [ "$(awk '/^(Dirty|Writeback):/ {s += $2} END {print s}' /proc/meminfo)" -gt 65536 ]; do sleep 1; done
-}
-t() {
-    local out
-    out=$( { TIMEFORMAT='%R %U %S'; time "$@" >/dev/null; } 2>&1 )
-    awk '{print $1, $2 + $3}' <<<"$out"
-}
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+# settle (nothing dirty, the disk idle), t, median.
+. benches/lib.sh
 declare -A res cpu
 for i in $(seq "$RUNS"); do
     tools="raw elf cp"

@@ -48,11 +48,8 @@ rm -f "$DIR/parent.vhdx"
 
 # Lets the filesystem finish writing back and discarding what earlier runs
 # left (the ext4 here is mounted with `discard`), so every run starts equal.
-settle() {
-    sync
-    sleep 3
-    while [ "$(awk '/^(Dirty|Writeback):/ {s += $2} END {print s}' /proc/meminfo)" -gt 65536 ]; do sleep 1; done
-}
+# settle (nothing dirty, the disk idle), median; t below is this script's own.
+. benches/lib.sh
 # CPU seconds the whole machine has been busy (user, nice, system, irq,
 # softirq, steal; not idle or iowait).
 busy() { awk '/^cpu / {print ($2 + $3 + $4 + $7 + $8 + $9) / 100}' /proc/stat; }
@@ -67,7 +64,6 @@ t() {
     b1=$(busy)
     awk -v b="$b0" -v e="$b1" '{c = $2 + $3; o = e - b - c; print $1, c, (o < 0 ? 0 : o)}' <<<"$out"
 }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 fresh() {
     local tool=$1 f=$2

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 use vhdx::create::ParentLink;
 use vhdx::format::locator::ParentLocator;
+use vhdx::read_ahead::{Range, ReadAhead};
 use vhdx::write::DiscardMode;
 use vhdx::{OpenOptions, Run, VhdxFile};
 
@@ -274,6 +275,11 @@ fn merge_step(
     Ok(())
 }
 
+/// Guest bytes whose runs are looked up at a time.
+const WINDOW: u64 = 256 << 20;
+/// How far ahead of the copy the source is read into the page cache.
+const READ_AHEAD: u64 = 128 << 20;
+
 /// A copy waiting to be issued, grown while the next piece continues it in
 /// both files.
 #[derive(Clone, Copy)]
@@ -300,21 +306,49 @@ fn copy_runs(
     let mut done = 0u64;
     let mut since_commit = 0u64;
     let mut pending: Option<PendingCopy> = None;
-    // Runs are collected per window so the closure does not hold `dst`.
-    const WINDOW: u64 = 256 << 20;
-    let mut runs: Vec<(u64, Run)> = Vec::new();
-    for &(start, len) in ranges {
-        let end = start + len;
-        let mut pos = start;
-        while pos < end {
-            let len = WINDOW.min(end - pos);
-            runs.clear();
-            let mut at = pos;
-            src.for_each_run(pos, len, &mut |r| {
-                runs.push((at, r));
-                at += r.len();
-                Ok(())
-            })?;
+    // Runs are collected per window so the closure does not hold `dst`,
+    // one window ahead so that the source is read ahead without a gap.
+    let mut windows = ranges.iter().flat_map(|&(start, len)| {
+        (0..len.div_ceil(WINDOW)).map(move |i| {
+            let pos = start + i * WINDOW;
+            (pos, WINDOW.min(start + len - pos))
+        })
+    });
+    let window_runs = |(pos, len): (u64, u64)| -> Result<Vec<(u64, Run)>> {
+        let mut runs = Vec::new();
+        let mut at = pos;
+        src.for_each_run(pos, len, &mut |r| {
+            runs.push((at, r));
+            at += r.len();
+            Ok(())
+        })?;
+        Ok(runs)
+    };
+    std::thread::scope(|scope| {
+        let ahead = ReadAhead::start(scope, READ_AHEAD);
+        let queue = |runs: &[(u64, Run)]| {
+            if let Some(file) = src.direct_file() {
+                for (_, r) in runs {
+                    if let Run::Data { offset, len, .. } = *r {
+                        ahead.queue(Range { file, offset, len });
+                    }
+                }
+            }
+        };
+        let mut copy = |c: PendingCopy, dst: &mut VhdxFile| -> Result<()> {
+            copier.copy(src, c.src, dst, c.dst, c.len)?;
+            ahead.done(c.len);
+            Ok(())
+        };
+        let mut next = windows.next().map(window_runs).transpose()?;
+        if let Some(runs) = &next {
+            queue(runs);
+        }
+        while let Some(runs) = next.take() {
+            next = windows.next().map(window_runs).transpose()?;
+            if let Some(r) = &next {
+                queue(r);
+            }
             for &(guest, run) in &runs {
                 match run {
                     Run::Data { offset, len, .. } => {
@@ -333,7 +367,7 @@ fn copy_runs(
                                 }
                                 other => {
                                     if let Some(c) = other {
-                                        copier.copy(src, c.src, dst, c.dst, c.len)?;
+                                        copy(c, dst)?;
                                     }
                                     Some(PendingCopy {
                                         src: from,
@@ -350,7 +384,7 @@ fn copy_runs(
                     Run::Zero { len } => {
                         // A discard may commit: the mapped copies go first.
                         if let Some(c) = pending.take() {
-                            copier.copy(src, c.src, dst, c.dst, c.len)?;
+                            copy(c, dst)?;
                         }
                         zero_range(dst, guest, len, stats)?;
                         done += len;
@@ -360,19 +394,19 @@ fn copy_runs(
                 }
                 if since_commit >= opts.commit_every {
                     if let Some(c) = pending.take() {
-                        copier.copy(src, c.src, dst, c.dst, c.len)?;
+                        copy(c, dst)?;
                     }
                     dst.commit()?;
                     since_commit = 0;
                 }
             }
             progress(done);
-            pos += len;
         }
-    }
-    if let Some(c) = pending.take() {
-        copier.copy(src, c.src, dst, c.dst, c.len)?;
-    }
+        if let Some(c) = pending.take() {
+            copy(c, dst)?;
+        }
+        Ok::<(), Error>(())
+    })?;
     dst.commit()?;
     Ok(())
 }

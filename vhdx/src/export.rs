@@ -1,14 +1,15 @@
 //! Flattening a disk (a file or a chain) into a raw image: only stored data
 //! is copied, zero runs stay holes, and data moves with `copy_file_range`
 //! (in-kernel, reflink where the filesystem can) when the source bytes are a
-//! plain file, in 8 MiB pieces, with the source read ahead
-//! (`POSIX_FADV_WILLNEED`) a few pieces before they are copied so the disk
-//! reads while the copy runs. One thread: a second copier measured no
-//! faster on disk and twice the CPU (benches/README.md).
+//! plain file, in 8 MiB pieces, with the source read into the page cache
+//! ahead of the copy by a helper thread ([`crate::read_ahead`]) so the disk
+//! reads while the copy runs. One copier: a second one measured no faster
+//! on disk and twice the CPU (benches/README.md).
 
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::image::Run;
+use crate::read_ahead::{Range, ReadAhead};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -29,7 +30,7 @@ const BUF: usize = 4 << 20;
 /// Largest piece copied at once.
 const PIECE: u64 = 8 << 20;
 /// How far ahead of the copy the source is asked to be read in.
-const READ_AHEAD: u64 = 64 << 20;
+const READ_AHEAD: u64 = 128 << 20;
 
 /// Writes the guest content of `disk` into `out` (made `virtual_size` bytes
 /// long and sparse where the disk reads zero); with `sync` it is flushed to
@@ -46,43 +47,84 @@ pub fn to_raw(
     out.set_len(size)
         .map_err(|e| Error::io(out_name, size, e))?;
     let mut stats = ExportStats::default();
-    let mut pieces: Vec<Piece> = Vec::new();
-    let mut pos = 0u64;
-    while pos < size {
-        let len = WINDOW.min(size - pos);
-        let mut at = pos;
-        pieces.clear();
-        disk.for_each_run(pos, len, &mut |run| {
-            let n = run.len();
-            match run {
-                Run::Data { file, offset, len } => {
-                    // Cut long runs so read-ahead and writeback keep pace.
-                    let mut done = 0;
-                    while done < len {
-                        let k = (len - done).min(PIECE);
-                        pieces.push(Piece {
-                            layer: file,
-                            src: offset + done,
-                            dst: at + done,
-                            len: k,
-                        });
-                        done += k;
-                    }
-                    stats.data_bytes += len;
-                }
-                Run::Zero { len } | Run::Parent { len } => stats.zero_bytes += len,
-            }
-            at += n;
-            Ok(())
-        })?;
-        stats.copy_file_range_bytes += copy_pieces(disk, &pieces, out, out_name, sync)?;
-        pos += len;
-        progress(pos);
-    }
+    std::thread::scope(|scope| {
+        let ahead = ReadAhead::start(scope, READ_AHEAD);
+        // The pieces of the next window are queued for read-ahead before
+        // the current window is copied, so the helper never runs dry.
+        let mut current = window_pieces(disk, 0, &mut stats)?;
+        queue(disk, &ahead, &current);
+        let mut pos = 0u64;
+        while pos < size {
+            let len = WINDOW.min(size - pos);
+            let next = if pos + len < size {
+                let next = window_pieces(disk, pos + len, &mut stats)?;
+                queue(disk, &ahead, &next);
+                next
+            } else {
+                Vec::new()
+            };
+            stats.copy_file_range_bytes +=
+                copy_pieces(disk, &current, out, out_name, sync, &ahead)?;
+            current = next;
+            pos += len;
+            progress(pos);
+        }
+        ahead.finish();
+        Ok::<(), Error>(())
+    })?;
     if sync {
         out.sync_all().map_err(|e| Error::io(out_name, 0, e))?;
     }
     Ok(stats)
+}
+
+/// The data pieces of the window of guest bytes starting at `pos` (runs cut
+/// into [`PIECE`]s), counting its data and zero bytes into `stats`.
+fn window_pieces(disk: &Disk, pos: u64, stats: &mut ExportStats) -> Result<Vec<Piece>> {
+    let size = disk.virtual_size();
+    let mut pieces = Vec::new();
+    if pos >= size {
+        return Ok(pieces);
+    }
+    let len = WINDOW.min(size - pos);
+    let mut at = pos;
+    disk.for_each_run(pos, len, &mut |run| {
+        let n = run.len();
+        match run {
+            Run::Data { file, offset, len } => {
+                // Cut long runs so read-ahead and writeback keep pace.
+                let mut done = 0;
+                while done < len {
+                    let k = (len - done).min(PIECE);
+                    pieces.push(Piece {
+                        layer: file,
+                        src: offset + done,
+                        dst: at + done,
+                        len: k,
+                    });
+                    done += k;
+                }
+                stats.data_bytes += len;
+            }
+            Run::Zero { len } | Run::Parent { len } => stats.zero_bytes += len,
+        }
+        at += n;
+        Ok(())
+    })?;
+    Ok(pieces)
+}
+
+/// Queues the pieces whose source is a plain file for read-ahead.
+fn queue<'f>(disk: &'f Disk, ahead: &ReadAhead<'_, 'f>, pieces: &[Piece]) {
+    for p in pieces {
+        if let Some(file) = disk.layers()[p.layer].file.direct_file() {
+            ahead.queue(Range {
+                file,
+                offset: p.src,
+                len: p.len,
+            });
+        }
+    }
 }
 
 /// A stretch of stored data to copy: `len` bytes at `src` in chain layer
@@ -95,33 +137,24 @@ struct Piece {
     len: u64,
 }
 
-/// Copies the pieces in order, asking for the source of the pieces up to
-/// [`READ_AHEAD`] bytes ahead to be read in meanwhile (with `sync`, each
-/// piece's writeback starts as soon as it is copied, so the final flush
-/// overlaps with the copy). Returns the bytes moved by `copy_file_range`.
+/// Copies the pieces in order, reporting each to the read-ahead helper
+/// (with `sync`, each piece's writeback starts as soon as it is copied, so
+/// the final flush overlaps with the copy). Returns the bytes moved by
+/// `copy_file_range`.
 fn copy_pieces(
     disk: &Disk,
     pieces: &[Piece],
     out: &File,
     out_name: &str,
     sync: bool,
+    ahead: &ReadAhead<'_, '_>,
 ) -> Result<u64> {
     let mut by_kernel = 0;
     let mut buf: Vec<u8> = Vec::new();
-    let mut ahead = 0; // pieces[..ahead] have been asked for
-    let mut ahead_bytes = 0u64; // bytes asked for but not yet copied
     for p in pieces {
-        while ahead < pieces.len() && ahead_bytes < READ_AHEAD {
-            let q = &pieces[ahead];
-            if let Some(f) = disk.layers()[q.layer].file.direct_file() {
-                will_need(f, q.src, q.len);
-            }
-            ahead_bytes += q.len;
-            ahead += 1;
-        }
-        let src = &disk.layers()[p.layer].file;
+        let layer = &disk.layers()[p.layer].file;
         let mut copied = 0;
-        if let Some(f) = src.direct_file() {
+        if let Some(f) = layer.direct_file() {
             copied = copy_range(f, p.src, out, p.dst, p.len)
                 .map_err(|e| Error::io(out_name, p.dst, e))?;
             by_kernel += copied;
@@ -131,7 +164,7 @@ fn copy_pieces(
         }
         while copied < p.len {
             let k = (p.len - copied).min(BUF as u64) as usize;
-            src.read_file_at(&mut buf[..k], p.src + copied)?;
+            layer.read_file_at(&mut buf[..k], p.src + copied)?;
             out.write_all_at(&buf[..k], p.dst + copied)
                 .map_err(|e| Error::io(out_name, p.dst + copied, e))?;
             copied += k as u64;
@@ -139,24 +172,11 @@ fn copy_pieces(
         if sync {
             start_writeback(out, p.dst, p.len);
         }
-        ahead_bytes = ahead_bytes.saturating_sub(p.len);
+        if layer.direct_file().is_some() {
+            ahead.done(p.len);
+        }
     }
     Ok(by_kernel)
-}
-
-/// Asks the kernel to start reading `len` bytes at `off` of `f` into the
-/// page cache without waiting. Only a hint: errors are ignored.
-fn will_need(f: &File, off: u64, len: u64) {
-    // SAFETY: plain syscall on a descriptor the caller holds; no memory is
-    // passed.
-    unsafe {
-        libc::posix_fadvise(
-            f.as_raw_fd(),
-            off as libc::off_t,
-            len as libc::off_t,
-            libc::POSIX_FADV_WILLNEED,
-        );
-    }
 }
 
 /// Copies with `copy_file_range` until done, the source ends, or the kernel

@@ -27,6 +27,7 @@ pub mod log_replay;
 pub mod overlay;
 pub mod parent;
 pub mod raw;
+pub mod read_ahead;
 pub mod relink;
 pub mod sector_bitmap;
 pub mod size;
