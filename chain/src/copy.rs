@@ -46,7 +46,8 @@ impl Copier {
 
     /// Copies `len` bytes at file offset `src_off` of `src` to file offset
     /// `dst_off` of `dst` (a range `dst` has mapped with
-    /// [`VhdxFile::map_write`]).
+    /// [`VhdxFile::map_write`]). `done` hears of the bytes as they are
+    /// copied, piece by piece.
     pub fn copy(
         &mut self,
         src: &VhdxFile,
@@ -54,6 +55,7 @@ impl Copier {
         dst: &VhdxFile,
         dst_off: u64,
         len: u64,
+        done: &mut dyn FnMut(u64),
     ) -> Result<()> {
         if len == 0 {
             return Ok(());
@@ -64,17 +66,18 @@ impl Copier {
                 match clone_range(s, src_off, d, dst_off, len) {
                     Ok(()) => {
                         self.counts.reflinked += len;
+                        done(len);
                         return Ok(());
                     }
                     Err(_) => self.reflink = false,
                 }
             }
-            let copied =
-                kernel_copy(s, src_off, d, dst_off, len).map_err(|e| vhdx_io(dst, dst_off, e))?;
+            let copied = kernel_copy(s, src_off, d, dst_off, len, done)
+                .map_err(|e| vhdx_io(dst, dst_off, e))?;
             self.counts.copied += copied;
             return Ok(());
         }
-        self.bounce_copy(src, src_off, dst, dst_off, len)
+        self.bounce_copy(src, src_off, dst, dst_off, len, done)
     }
 
     /// Copies through a buffer with the files' own read and write paths.
@@ -85,6 +88,7 @@ impl Copier {
         dst: &VhdxFile,
         dst_off: u64,
         len: u64,
+        on_done: &mut dyn FnMut(u64),
     ) -> Result<()> {
         if self.bounce.is_empty() {
             self.bounce = vec![0u8; BOUNCE];
@@ -97,6 +101,7 @@ impl Copier {
                 .write_at(&self.bounce[..n], dst_off + done)
                 .map_err(|e| vhdx_io(dst, dst_off + done, e))?;
             done += n as u64;
+            on_done(n as u64);
         }
         self.counts.copied += len;
         Ok(())
@@ -117,7 +122,14 @@ fn vhdx_io(f: &VhdxFile, offset: u64, source: std::io::Error) -> crate::error::E
 /// flush that ends a merge finds little left to write. (Two threads copying
 /// pieces in turn were tried: no faster on this machine's disk.) A piece the
 /// kernel cannot copy is read and written here. Returns `len`.
-fn kernel_copy(s: &File, src_off: u64, d: &File, dst_off: u64, len: u64) -> std::io::Result<u64> {
+fn kernel_copy(
+    s: &File,
+    src_off: u64,
+    d: &File,
+    dst_off: u64,
+    len: u64,
+    done: &mut dyn FnMut(u64),
+) -> std::io::Result<u64> {
     let mut buf: Vec<u8> = Vec::new();
     let mut at = 0u64;
     while at < len {
@@ -134,6 +146,7 @@ fn kernel_copy(s: &File, src_off: u64, d: &File, dst_off: u64, len: u64) -> std:
             n += k as u64;
         }
         vhdx::export::start_writeback(d, dof, want);
+        done(want);
         at += want;
     }
     Ok(len)

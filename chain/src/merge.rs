@@ -336,8 +336,9 @@ fn copy_runs(
             }
         };
         let mut copy = |c: PendingCopy, dst: &mut VhdxFile| -> Result<()> {
-            copier.copy(src, c.src, dst, c.dst, c.len)?;
-            ahead.done(c.len);
+            // The read-ahead follows each piece, not each (possibly
+            // GiB-long) copy.
+            copier.copy(src, c.src, dst, c.dst, c.len, &mut |n| ahead.done(n))?;
             Ok(())
         };
         let mut next = windows.next().map(window_runs).transpose()?;
