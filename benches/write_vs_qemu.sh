@@ -46,8 +46,6 @@ echo "patterns: seq ${NWRITES[seq]} x 1 MiB, rand ${NWRITES[rand]} x 4 KiB (seed
 rm -f "$DIR/parent.vhdx"
 "$WP" create-dynamic "$DIR/parent.vhdx" "$SIZE"
 
-# Lets the filesystem finish writing back and discarding what earlier runs
-# left (the ext4 here is mounted with `discard`), so every run starts equal.
 # settle (nothing dirty, the disk idle), median; t below is this script's own.
 . benches/lib.sh
 # CPU seconds the whole machine has been busy (user, nice, system, irq,

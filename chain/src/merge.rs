@@ -335,11 +335,10 @@ fn copy_runs(
                 }
             }
         };
-        let mut copy = |c: PendingCopy, dst: &mut VhdxFile| -> Result<()> {
-            // The read-ahead follows each piece, not each (possibly
-            // GiB-long) copy.
-            copier.copy(src, c.src, dst, c.dst, c.len, &mut |n| ahead.done(n))?;
-            Ok(())
+        // The read-ahead follows each piece, not each (possibly GiB-long)
+        // copy.
+        let mut copy = |c: PendingCopy, dst: &mut VhdxFile| {
+            copier.copy(src, c.src, dst, c.dst, c.len, &mut |n| ahead.done(n))
         };
         let mut next = windows.next().map(window_runs).transpose()?;
         if let Some(runs) = &next {

@@ -55,18 +55,14 @@ pub fn to_raw(
         queue(disk, &ahead, &current);
         let mut pos = 0u64;
         while pos < size {
-            let len = WINDOW.min(size - pos);
-            let next = if pos + len < size {
-                let next = window_pieces(disk, pos + len, &mut stats)?;
-                queue(disk, &ahead, &next);
-                next
-            } else {
-                Vec::new()
-            };
+            let end = pos.saturating_add(WINDOW).min(size);
+            // Empty past the end of the disk.
+            let next = window_pieces(disk, end, &mut stats)?;
+            queue(disk, &ahead, &next);
             stats.copy_file_range_bytes +=
                 copy_pieces(disk, &current, out, out_name, sync, &ahead)?;
             current = next;
-            pos += len;
+            pos = end;
             progress(pos);
         }
         ahead.finish();
@@ -153,8 +149,9 @@ fn copy_pieces(
     let mut buf: Vec<u8> = Vec::new();
     for p in pieces {
         let layer = &disk.layers()[p.layer].file;
+        let direct = layer.direct_file();
         let mut copied = 0;
-        if let Some(f) = layer.direct_file() {
+        if let Some(f) = direct {
             copied = copy_range(f, p.src, out, p.dst, p.len)
                 .map_err(|e| Error::io(out_name, p.dst, e))?;
             by_kernel += copied;
@@ -172,7 +169,8 @@ fn copy_pieces(
         if sync {
             start_writeback(out, p.dst, p.len);
         }
-        if layer.direct_file().is_some() {
+        // Only plain-file pieces were queued for read-ahead.
+        if direct.is_some() {
             ahead.done(p.len);
         }
     }
