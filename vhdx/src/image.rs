@@ -17,6 +17,7 @@ use crate::log_replay::{self, ReplayOp, ReplayPlan};
 use crate::overlay::Overlay;
 use crate::sector_bitmap;
 use crate::storage::Storage;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
@@ -205,6 +206,8 @@ pub struct VhdxFile {
     pub(crate) bitmap_cache: Mutex<Option<(u64, Arc<[u8]>)>>,
     /// Changes not yet committed through the log (writable opens).
     pub(crate) pending: crate::write::Pending,
+    /// Writes or size changes made since the last flush.
+    unflushed: AtomicBool,
 }
 
 impl std::fmt::Debug for VhdxFile {
@@ -317,6 +320,7 @@ impl VhdxFile {
             problems: vec![],
             bitmap_cache: Mutex::new(None),
             pending: Default::default(),
+            unflushed: AtomicBool::new(false),
         };
         file.open_log(opts)?;
         file.load_region_table(&mut findings)?;
@@ -437,6 +441,9 @@ impl VhdxFile {
                 path: self.path.clone(),
             });
         }
+        // Whatever was written before this header (the current slot, the
+        // pages a cleared log no longer covers) is durable before it.
+        self.flush_if_unflushed()?;
         let mut h = self.header.clone();
         h.sequence_number = h.sequence_number.wrapping_add(1);
         change(&mut h);
@@ -450,15 +457,32 @@ impl VhdxFile {
     }
 
     pub(crate) fn write_raw(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.mark_unflushed();
         self.storage
             .write_at(buf, offset)
             .map_err(|e| Error::io(&self.path, offset, e))
     }
 
+    /// Notes that the file changed (or is about to change, through the
+    /// file itself) since the last flush.
+    pub(crate) fn mark_unflushed(&self) {
+        self.unflushed.store(true, Ordering::Relaxed);
+    }
+
     pub(crate) fn flush_raw(&self) -> Result<()> {
         self.storage
             .flush()
-            .map_err(|e| Error::io(&self.path, 0, e))
+            .map_err(|e| Error::io(&self.path, 0, e))?;
+        self.unflushed.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Flushes when anything was written since the last flush.
+    pub(crate) fn flush_if_unflushed(&self) -> Result<()> {
+        if self.unflushed.load(Ordering::Relaxed) {
+            self.flush_raw()?;
+        }
+        Ok(())
     }
 
     fn header_offset(&self) -> u64 {

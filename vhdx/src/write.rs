@@ -49,6 +49,9 @@ pub struct Pending {
     file_guid_renewed: bool,
     /// The DataWriteGuid was renewed by this open.
     data_guid_renewed: bool,
+    /// A metadata change of this open waits for its commit to write the
+    /// new FileWriteGuid.
+    file_guid_due: bool,
     /// Set once the first entry of this open is written.
     journal: Option<Journal>,
 }
@@ -85,22 +88,32 @@ impl VhdxFile {
     }
 
     /// Before the first change of this open: a new FileWriteGuid, and for a
-    /// change the guest can see, a new DataWriteGuid (2.2.2.1).
+    /// change the guest can see, a new DataWriteGuid (2.2.2.1). A change the
+    /// guest can see may reach the file right after this returns (a write
+    /// into an allocated block), so that header is written and flushed now.
+    /// For a metadata-only change the new FileWriteGuid goes into the header
+    /// that the first commit writes anyway (to name its log), before any
+    /// structure of the file is touched: one header write and flush fewer.
     pub(crate) fn begin_change(&mut self, user_visible: bool) -> Result<()> {
         self.require_writable()?;
         let renew_file = !self.pending.file_guid_renewed;
         let renew_data = user_visible && !self.pending.data_guid_renewed;
-        if renew_file || renew_data {
+        if renew_data {
             self.update_header(|h| {
                 if renew_file {
                     h.file_write_guid = Uuid::new_v4();
                 }
-                if renew_data {
-                    h.data_write_guid = Uuid::new_v4();
-                }
+                h.data_write_guid = Uuid::new_v4();
             })?;
             self.pending.file_guid_renewed = true;
-            self.pending.data_guid_renewed |= renew_data;
+            self.pending.data_guid_renewed = true;
+        } else if renew_file {
+            self.pending.file_guid_due = true;
+        }
+        if user_visible {
+            // The caller changes the payload next (`map_write`'s caller
+            // through the file itself); metadata waits for the commit.
+            self.mark_unflushed();
         }
         Ok(())
     }
@@ -113,6 +126,7 @@ impl VhdxFile {
             .checked_add(len.next_multiple_of(MIB))
             .filter(|&e| e <= 1 << 52)
             .ok_or_else(|| Error::unsupported(&self.path, "the file would exceed 4 PiB"))?;
+        self.mark_unflushed();
         self.storage
             .set_len(end)
             .map_err(|e| Error::io(&self.path, at, e))?;
@@ -314,6 +328,7 @@ impl VhdxFile {
             })?;
         }
         self.pending.file_guid_renewed = true;
+        self.pending.file_guid_due = false;
         self.pending.data_guid_renewed = true;
         Ok(())
     }
@@ -590,10 +605,17 @@ impl VhdxFile {
     }
 
     /// Makes every change so far durable: payload first, then the pending
-    /// metadata pages through the log (entry, flush, in place, flush).
+    /// metadata pages through the log (2.3): flush the payload, write the
+    /// entry, flush, name the log in the header (first entry of an open;
+    /// written and flushed by itself: a header naming a log without a valid
+    /// entry does not open), then write the pages in place. Those in-place
+    /// writes are not flushed here: the log entry already makes them
+    /// durable (a reopen replays it), and whatever comes next flushes them
+    /// first (the next entry, whose Tail drops this one, or the header
+    /// that [`VhdxFile::close`] clears the log with).
     pub fn commit(&mut self) -> Result<()> {
         self.require_writable()?;
-        self.flush_raw()?;
+        self.flush_if_unflushed()?;
         if self.pending.count() == 0 {
             return Ok(());
         }
@@ -620,19 +642,28 @@ impl VhdxFile {
         let list: Vec<(u64, &[u8])> = pages.iter().map(|(&a, b)| (a, &b[..])).collect();
         let result = (|| {
             for batch in list.chunks(journal.max_pages()) {
+                // The previous batch in place before an entry that drops it.
+                self.flush_if_unflushed()?;
                 let flushed = self.file_len / MIB * MIB;
                 let last = self.file_len.next_multiple_of(MIB);
                 let (pos, entry) = journal.next_entry(batch, flushed, last);
                 self.write_raw(&entry, self.header.log_offset + pos)?;
                 self.flush_raw()?;
-                if self.header.log_guid != journal.log_guid {
+                let renew_file = self.pending.file_guid_due;
+                if self.header.log_guid != journal.log_guid || renew_file {
                     let g = journal.log_guid;
-                    self.update_header(|h| h.log_guid = g)?;
+                    self.update_header(|h| {
+                        if renew_file {
+                            h.file_write_guid = Uuid::new_v4();
+                        }
+                        h.log_guid = g;
+                    })?;
+                    self.pending.file_guid_due = false;
+                    self.pending.file_guid_renewed = true;
                 }
                 for &(at, page) in batch {
                     self.write_raw(page, at)?;
                 }
-                self.flush_raw()?;
             }
             Ok(())
         })();
@@ -644,8 +675,10 @@ impl VhdxFile {
         result
     }
 
-    /// Commits, then marks the log empty (LogGuid cleared in both header
-    /// slots). A file closed this way opens without replay.
+    /// Commits, flushes, then marks the log empty (LogGuid cleared in the
+    /// header; the older slot may still name the log, but a reader takes
+    /// the newer one, and the next header update of any open overwrites
+    /// it). A file closed this way opens without replay.
     pub fn close(&mut self) -> Result<()> {
         if !self.writable {
             return Ok(());
@@ -653,7 +686,6 @@ impl VhdxFile {
         self.commit()?;
         if !self.header.log_guid.is_nil() {
             self.update_header(|h| h.log_guid = Uuid::nil())?;
-            self.update_header(|_| {})?;
         }
         self.pending.journal = None;
         Ok(())

@@ -127,9 +127,13 @@ fn crash_everywhere(setup: &Setup, ops: &[Op]) -> u64 {
         let o = run_until_crash(&leaf, &parent, &ops);
         let pending = leaf.unflushed();
         let mut r = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let variants: [(&str, Keep); 3] = [
+        let variants: [(&str, Keep); 5] = [
             ("unflushed lost", Box::new(|_| false)),
             ("unflushed kept", Box::new(|_| true)),
+            // The newest write reached the disk before the older ones (a
+            // header before the pages it relies on).
+            ("only the newest kept", Box::new(move |i| i + 1 == pending)),
+            ("the oldest lost", Box::new(|i| i > 0)),
             (
                 "random subset kept",
                 Box::new(move |_| {
