@@ -160,7 +160,7 @@ fn to_raw(a: &Args) -> CliResult {
             "virtual_size": disk.virtual_size(),
             "data_bytes": stats.data_bytes,
             "zero_bytes": stats.zero_bytes,
-            "copy_file_range_bytes": stats.copy_file_range_bytes,
+            "kernel_copy_bytes": stats.kernel_copy_bytes,
             "seconds": secs,
         });
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));

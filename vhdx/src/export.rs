@@ -21,8 +21,9 @@ pub struct ExportStats {
     pub data_bytes: u64,
     /// Guest bytes left as holes (zeros).
     pub zero_bytes: u64,
-    /// Of `data_bytes`, how many moved with `copy_file_range`.
-    pub copy_file_range_bytes: u64,
+    /// Of `data_bytes`, how many the kernel copied (`copy_file_range`, or
+    /// `sendfile` between filesystems) rather than a read and a write here.
+    pub kernel_copy_bytes: u64,
 }
 
 const WINDOW: u64 = 256 << 20;
@@ -59,8 +60,7 @@ pub fn to_raw(
             // Empty past the end of the disk.
             let next = window_pieces(disk, end, &mut stats)?;
             queue(disk, &ahead, &next);
-            stats.copy_file_range_bytes +=
-                copy_pieces(disk, &current, out, out_name, sync, &ahead)?;
+            stats.kernel_copy_bytes += copy_pieces(disk, &current, out, out_name, sync, &ahead)?;
             current = next;
             pos = end;
             progress(pos);
@@ -177,10 +177,26 @@ fn copy_pieces(
     Ok(by_kernel)
 }
 
-/// Copies with `copy_file_range` until done, the source ends, or the kernel
-/// cannot (returns the bytes copied; the caller copies the rest itself).
-/// Also used by the chain crate's merge.
+/// Copies in the kernel until done, the source ends, or the kernel cannot
+/// (returns the bytes copied; the caller copies the rest itself):
+/// `copy_file_range`, and between filesystems, which it refuses
+/// (`EXDEV`), `sendfile`, still one in-kernel page-cache copy instead of a
+/// read and a write through a buffer. Also used by the chain crate's merge.
 pub fn copy_range(
+    src: &File,
+    off_in: u64,
+    dst: &File,
+    off_out: u64,
+    len: u64,
+) -> std::io::Result<u64> {
+    let done = copy_file_range_all(src, off_in, dst, off_out, len)?;
+    if done == len {
+        return Ok(done);
+    }
+    Ok(done + send_range(src, off_in + done, dst, off_out + done, len - done)?)
+}
+
+fn copy_file_range_all(
     src: &File,
     mut off_in: u64,
     dst: &File,
@@ -216,6 +232,43 @@ pub fn copy_range(
     Ok(done)
 }
 
+/// `sendfile` from `src` at `off_in` to `dst` at `off_out` (sendfile writes
+/// at the output's file position, which is moved there first; the files
+/// are otherwise used with positioned I/O only). Returns the bytes copied,
+/// short where the kernel cannot.
+fn send_range(src: &File, off_in: u64, dst: &File, off_out: u64, len: u64) -> std::io::Result<u64> {
+    let (Ok(pos_in), Ok(pos_out)) = (
+        libc::off_t::try_from(off_in),
+        libc::off_t::try_from(off_out),
+    ) else {
+        return Ok(0);
+    };
+    // SAFETY: plain syscall on a descriptor the caller holds.
+    if unsafe { libc::lseek(dst.as_raw_fd(), pos_out, libc::SEEK_SET) } != pos_out {
+        return Ok(0);
+    }
+    let mut off = pos_in;
+    let mut done = 0u64;
+    while done < len {
+        let want = (len - done).min(1 << 30) as usize;
+        // SAFETY: both descriptors are open files owned by the caller; `off`
+        // is a local that lives across the call.
+        let r = unsafe { libc::sendfile(dst.as_raw_fd(), src.as_raw_fd(), &mut off, want) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::EBADF) => Ok(done),
+                _ => Err(e),
+            };
+        }
+        if r == 0 {
+            break;
+        }
+        done += r as u64;
+    }
+    Ok(done)
+}
+
 /// Starts writing `len` bytes at `off` of `f` back to the disk without
 /// waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so a flush that must
 /// follow overlaps with the work before it. Only a hint: errors are ignored
@@ -233,5 +286,84 @@ pub fn start_writeback(f: &File, off: u64, len: u64) {
             len as libc::off64_t,
             libc::SYNC_FILE_RANGE_WRITE,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::path::Path;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
+    }
+
+    #[test]
+    fn copy_range_copies_within_a_filesystem() {
+        let dir = std::env::temp_dir().join(format!("hvkit-cr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data = pattern(3 << 20);
+        let src = dir.join("src");
+        std::fs::write(&src, &data).unwrap();
+        let s = File::open(&src).unwrap();
+        let d = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join("dst"))
+            .unwrap();
+        assert_eq!(copy_range(&s, 4096, &d, 8192, 2 << 20).unwrap(), 2 << 20);
+        let out = std::fs::read(dir.join("dst")).unwrap();
+        assert_eq!(&out[8192..], &data[4096..4096 + (2 << 20)]);
+        assert!(out[..8192].iter().all(|&b| b == 0));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Between filesystems `copy_file_range` refuses (`EXDEV`): `sendfile`
+    /// takes over, at the asked offsets, and the output's other bytes stay.
+    #[test]
+    fn copy_range_copies_between_filesystems() {
+        let shm = Path::new("/dev/shm");
+        let tmp = std::env::temp_dir();
+        let dev = |p: &Path| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::dev(&m));
+        match (dev(shm), dev(&tmp)) {
+            (Ok(a), Ok(b)) if a != b => {}
+            _ => {
+                println!(
+                    "SKIP: /dev/shm and {} are not two filesystems here",
+                    tmp.display()
+                );
+                return;
+            }
+        }
+        let pid = std::process::id();
+        let src = tmp.join(format!("hvkit-cr-src-{pid}"));
+        let dst = shm.join(format!("hvkit-cr-dst-{pid}"));
+        let data = pattern(5 << 20);
+        std::fs::write(&src, &data).unwrap();
+        let mut d = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&dst)
+            .unwrap();
+        d.write_all(&[0xEE; 1 << 20]).unwrap();
+        let s = File::open(&src).unwrap();
+        let len = (3 << 20) + 512;
+        assert_eq!(copy_range(&s, 512, &d, 4 << 20, len).unwrap(), len);
+        // Positioned writes after it are not affected by the moved position.
+        d.write_all_at(&[0x11; 16], 16).unwrap();
+        let out = std::fs::read(&dst).unwrap();
+        assert_eq!(out.len() as u64, (4 << 20) + len);
+        assert_eq!(&out[4 << 20..], &data[512..512 + len as usize]);
+        assert!(out[..16].iter().all(|&b| b == 0xEE));
+        assert!(out[16..32].iter().all(|&b| b == 0x11));
+        assert!(out[32..1 << 20].iter().all(|&b| b == 0xEE));
+        assert!(out[1 << 20..4 << 20].iter().all(|&b| b == 0));
+        std::fs::remove_file(&src).unwrap();
+        std::fs::remove_file(&dst).unwrap();
     }
 }
