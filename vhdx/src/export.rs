@@ -196,40 +196,28 @@ pub fn copy_range(
     Ok(done + send_range(src, off_in + done, dst, off_out + done, len - done)?)
 }
 
+/// `copy_file_range` from `src` at `off_in` to `dst` at `off_out`.
 fn copy_file_range_all(
     src: &File,
-    mut off_in: u64,
+    off_in: u64,
     dst: &File,
-    mut off_out: u64,
+    off_out: u64,
     len: u64,
 ) -> std::io::Result<u64> {
-    let mut done = 0u64;
-    while done < len {
-        let want = (len - done).min(1 << 30) as usize;
-        let mut i = off_in as libc::loff_t;
-        let mut o = off_out as libc::loff_t;
+    let cannot = [
+        libc::EXDEV,
+        libc::EINVAL,
+        libc::ENOSYS,
+        libc::EOPNOTSUPP,
+        libc::EBADF,
+    ];
+    repeat_in_kernel(len, &cannot, |done, want| {
+        let mut i = (off_in + done) as libc::loff_t;
+        let mut o = (off_out + done) as libc::loff_t;
         // SAFETY: both descriptors are open files owned by the caller and the
         // offset pointers point at locals that live across the call.
-        let r = unsafe {
-            libc::copy_file_range(src.as_raw_fd(), &mut i, dst.as_raw_fd(), &mut o, want, 0)
-        };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(
-                    libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::EBADF,
-                ) => Ok(done),
-                _ => Err(e),
-            };
-        }
-        if r == 0 {
-            break;
-        }
-        done += r as u64;
-        off_in += r as u64;
-        off_out += r as u64;
-    }
-    Ok(done)
+        unsafe { libc::copy_file_range(src.as_raw_fd(), &mut i, dst.as_raw_fd(), &mut o, want, 0) }
+    })
 }
 
 /// `sendfile` from `src` at `off_in` to `dst` at `off_out` (sendfile writes
@@ -247,17 +235,32 @@ fn send_range(src: &File, off_in: u64, dst: &File, off_out: u64, len: u64) -> st
     if unsafe { libc::lseek(dst.as_raw_fd(), pos_out, libc::SEEK_SET) } != pos_out {
         return Ok(0);
     }
-    let mut off = pos_in;
+    let cannot = [libc::EINVAL, libc::ENOSYS, libc::EOPNOTSUPP, libc::EBADF];
+    repeat_in_kernel(len, &cannot, |done, want| {
+        let mut off = pos_in + done as libc::off_t;
+        // SAFETY: both descriptors are open files owned by the caller; `off`
+        // is a local that lives across the call.
+        unsafe { libc::sendfile(dst.as_raw_fd(), src.as_raw_fd(), &mut off, want) }
+    })
+}
+
+/// Calls `copy(done, want)` (an in-kernel copy of `want` bytes, at most
+/// 1 GiB, starting `done` bytes in; the syscall's return value) until `len`
+/// bytes are copied or it copies nothing. An error in `cannot` ends it with
+/// the bytes copied so far (the caller copies the rest another way).
+fn repeat_in_kernel(
+    len: u64,
+    cannot: &[i32],
+    mut copy: impl FnMut(u64, usize) -> isize,
+) -> std::io::Result<u64> {
     let mut done = 0u64;
     while done < len {
         let want = (len - done).min(1 << 30) as usize;
-        // SAFETY: both descriptors are open files owned by the caller; `off`
-        // is a local that lives across the call.
-        let r = unsafe { libc::sendfile(dst.as_raw_fd(), src.as_raw_fd(), &mut off, want) };
+        let r = copy(done, want);
         if r < 0 {
             let e = std::io::Error::last_os_error();
             return match e.raw_os_error() {
-                Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::EBADF) => Ok(done),
+                Some(code) if cannot.contains(&code) => Ok(done),
                 _ => Err(e),
             };
         }

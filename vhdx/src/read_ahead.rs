@@ -146,12 +146,12 @@ fn run(rx: Receiver<Range<'_>>, sink: &File, shared: &(Mutex<Progress>, Condvar)
                     return;
                 }
             }
-            let step = (r.len - at).min(STEP);
             if r.len < SHORT {
                 // Submitted without waiting: many short reads in flight.
                 ask_for(r.file, r.offset, r.len);
                 break;
             }
+            let step = (r.len - at).min(STEP);
             match pull_into_cache(r.file, r.offset + at, step, sink) {
                 Some(n) if n > 0 => at += n,
                 _ => break, // end of file or an error: skip the rest

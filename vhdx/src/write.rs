@@ -11,6 +11,7 @@
 
 use crate::error::{Error, Result};
 use crate::format::bat_entry::{self, PayloadState};
+use crate::format::header::Header;
 use crate::format::log::SECTOR;
 use crate::format::region::RegionTable;
 use crate::format::{guids, MAX_VIRTUAL_SIZE, MIB, REGION1_OFFSET, REGION2_OFFSET};
@@ -49,9 +50,6 @@ pub struct Pending {
     file_guid_renewed: bool,
     /// The DataWriteGuid was renewed by this open.
     data_guid_renewed: bool,
-    /// A metadata change of this open waits for its commit to write the
-    /// new FileWriteGuid.
-    file_guid_due: bool,
     /// Set once the first entry of this open is written.
     journal: Option<Journal>,
 }
@@ -96,21 +94,11 @@ impl VhdxFile {
     /// structure of the file is touched: one header write and flush fewer.
     pub(crate) fn begin_change(&mut self, user_visible: bool) -> Result<()> {
         self.require_writable()?;
-        let renew_file = !self.pending.file_guid_renewed;
-        let renew_data = user_visible && !self.pending.data_guid_renewed;
-        if renew_data {
-            self.update_header(|h| {
-                if renew_file {
-                    h.file_write_guid = Uuid::new_v4();
-                }
-                h.data_write_guid = Uuid::new_v4();
-            })?;
-            self.pending.file_guid_renewed = true;
-            self.pending.data_guid_renewed = true;
-        } else if renew_file {
-            self.pending.file_guid_due = true;
-        }
         if user_visible {
+            if !self.pending.data_guid_renewed {
+                self.update_header_of_change(|h| h.data_write_guid = Uuid::new_v4())?;
+                self.pending.data_guid_renewed = true;
+            }
             // The caller changes the payload next (`map_write`'s caller
             // through the file itself); metadata waits for the commit.
             self.mark_unflushed();
@@ -319,17 +307,23 @@ impl VhdxFile {
     pub fn pin_data_write_guid(&mut self, guid: Uuid) -> Result<()> {
         self.require_writable()?;
         if self.header.data_write_guid != guid || !self.pending.file_guid_renewed {
-            let renew_file = !self.pending.file_guid_renewed;
-            self.update_header(|h| {
-                if renew_file {
-                    h.file_write_guid = Uuid::new_v4();
-                }
-                h.data_write_guid = guid;
-            })?;
+            self.update_header_of_change(|h| h.data_write_guid = guid)?;
         }
-        self.pending.file_guid_renewed = true;
-        self.pending.file_guid_due = false;
         self.pending.data_guid_renewed = true;
+        Ok(())
+    }
+
+    /// Writes the next header with `change` applied and, on the first
+    /// header this open writes, a new FileWriteGuid (2.2.2.1).
+    fn update_header_of_change(&mut self, change: impl FnOnce(&mut Header)) -> Result<()> {
+        let renew_file = !self.pending.file_guid_renewed;
+        self.update_header(|h| {
+            if renew_file {
+                h.file_write_guid = Uuid::new_v4();
+            }
+            change(h);
+        })?;
+        self.pending.file_guid_renewed = true;
         Ok(())
     }
 
@@ -649,17 +643,11 @@ impl VhdxFile {
                 let (pos, entry) = journal.next_entry(batch, flushed, last);
                 self.write_raw(&entry, self.header.log_offset + pos)?;
                 self.flush_raw()?;
-                let renew_file = self.pending.file_guid_due;
-                if self.header.log_guid != journal.log_guid || renew_file {
+                // The first header of a metadata-only open also carries its
+                // new FileWriteGuid.
+                if self.header.log_guid != journal.log_guid || !self.pending.file_guid_renewed {
                     let g = journal.log_guid;
-                    self.update_header(|h| {
-                        if renew_file {
-                            h.file_write_guid = Uuid::new_v4();
-                        }
-                        h.log_guid = g;
-                    })?;
-                    self.pending.file_guid_due = false;
-                    self.pending.file_guid_renewed = true;
+                    self.update_header_of_change(|h| h.log_guid = g)?;
                 }
                 for &(at, page) in batch {
                     self.write_raw(page, at)?;
