@@ -71,6 +71,11 @@ fn build(t: &mut Tree, parent: usize, g: &[Gen]) {
     }
 }
 
+/// Bytes a string value takes in the file.
+fn stored_string_len(s: &str) -> usize {
+    s.encode_utf16().count() * 2 + if s.ends_with('\0') { 2 } else { 0 }
+}
+
 fn write(t: &Tree) -> (Arc<MemStorage>, vmcx::writer::Layout) {
     let m = Arc::new(MemStorage::default());
     let l = vmcx::writer::write(&*m, "mem", t, &|_| unreachable!()).unwrap();
@@ -101,9 +106,11 @@ proptest! {
         let m3 = MemStorage::default();
         vmcx::writer::write(&m3, "mem", s.tree(), &|id| s.value(id)).unwrap();
         prop_assert!(m3.to_vec() == m.to_vec(), "rewriting the tree read back gave other bytes");
-        // Values of 2 KiB or more went to file objects, and nothing else.
+        // Values of 2 KiB or more went to file objects, and nothing else
+        // (a string is stored as UTF-16 with one more NUL if it ends in
+        // NUL, which readers drop).
         let big = t.walk().into_iter().filter(|&id| match &t.key(id).value {
-            Value::String(s) => s.encode_utf16().count() * 2 >= 2048,
+            Value::String(s) => stored_string_len(s) >= 2048,
             Value::Array(b) => b.len() >= 2048,
             _ => false,
         }).count();
@@ -204,4 +211,23 @@ fn edits_past_the_first_object_table_chain_new_ones() {
         let id = r.tree().find("", &format!("/configuration/b{i}")).unwrap();
         assert_eq!(r.value(id).unwrap(), Value::Array(vec![i as u8; 2100]));
     }
+}
+
+/// 1023 NULs are 2046 bytes of UTF-16, plus the NUL that keeps the last one
+/// from being dropped: 2048 bytes, a file object; it reads back whole.
+/// (Found by `random_trees_round_trip`.)
+#[test]
+fn a_string_ending_in_nul_reaching_2_kib_is_a_file_object() {
+    let mut t = Tree::new();
+    let c = t.add(Tree::ROOT, "c", Value::Node);
+    let nuls = "\0".repeat(1023);
+    assert_eq!(stored_string_len(&nuls), 2048);
+    t.add(c, "nuls", Value::String(nuls.clone()));
+    t.add(c, "short", Value::String("\0".repeat(1022)));
+    let (m, _) = write(&t);
+    let s = Store::from_storage(m, "mem", OpenOptions::default()).unwrap();
+    assert!(s.problems().is_empty(), "{:?}", s.problems());
+    assert_eq!(s.stats().file_objects, 1);
+    let want = vmcx::json::to_json(&t, Tree::ROOT, &|_| unreachable!()).unwrap();
+    assert_eq!(tree_json(&s), want);
 }
