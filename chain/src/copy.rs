@@ -8,6 +8,7 @@ use crate::error::Result;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use vhdx::direct_copy::DirectCopy;
 use vhdx::VhdxFile;
 
 /// Filesystem block size a reflink must be aligned to (the largest in use
@@ -25,6 +26,8 @@ pub struct CopyCounts {
     pub copied: u64,
     /// Bytes shared by reflink, without copying.
     pub reflinked: u64,
+    /// Of `copied`, the bytes that went around the page cache (`O_DIRECT`).
+    pub direct: u64,
 }
 
 /// Copies payload bytes; remembers whether reflinks work between the pair.
@@ -47,7 +50,10 @@ impl Copier {
     /// Copies `len` bytes at file offset `src_off` of `src` to file offset
     /// `dst_off` of `dst` (a range `dst` has mapped with
     /// [`VhdxFile::map_write`]). `done` hears of the bytes as they are
-    /// copied, piece by piece.
+    /// copied, piece by piece. With `direct` (a writer into `dst`), bytes
+    /// that cannot be reflinked go through it and may still be in flight
+    /// on return (its `drain` waits for them).
+    #[allow(clippy::too_many_arguments)]
     pub fn copy(
         &mut self,
         src: &VhdxFile,
@@ -55,6 +61,7 @@ impl Copier {
         dst: &VhdxFile,
         dst_off: u64,
         len: u64,
+        direct: Option<&mut DirectCopy<'_>>,
         done: &mut dyn FnMut(u64),
     ) -> Result<()> {
         if len == 0 {
@@ -71,6 +78,13 @@ impl Copier {
                     }
                     Err(_) => self.reflink = false,
                 }
+            }
+            if let Some(pipe) = direct {
+                pipe.copy(s, src_off, dst_off, len, done)
+                    .map_err(|e| vhdx_io(dst, dst_off, e))?;
+                self.counts.copied += len;
+                self.counts.direct += len;
+                return Ok(());
             }
             let copied = kernel_copy(s, src_off, d, dst_off, len, done)
                 .map_err(|e| vhdx_io(dst, dst_off, e))?;
@@ -108,7 +122,7 @@ impl Copier {
     }
 }
 
-fn vhdx_io(f: &VhdxFile, offset: u64, source: std::io::Error) -> crate::error::Error {
+pub(crate) fn vhdx_io(f: &VhdxFile, offset: u64, source: std::io::Error) -> crate::error::Error {
     vhdx::Error::Io {
         path: f.path().to_string(),
         offset,

@@ -37,13 +37,20 @@ fn build_chain(dir: &Path, seed: u64, depth: usize, blocks: &[u32], lss: u32) ->
 }
 
 fn merge_and_verify(paths: &[PathBuf], child: usize, into: usize) {
-    merge_and_verify_dir(paths, child, into, chain::DirectionChoice::Down);
+    merge_and_verify_dir(paths, child, into, chain::DirectionChoice::Down, false);
 }
 
 /// Merges `paths[child]` into `paths[into]` (paths[0] is the base) the way
 /// `dir` asks and checks every file that remains: the result reads what
 /// the child read, everything else as before, and `check` is clean.
-fn merge_and_verify_dir(paths: &[PathBuf], child: usize, into: usize, dir: chain::DirectionChoice) {
+/// `direct`: copy with O_DIRECT reads and writes (`MergeOptions::direct`).
+fn merge_and_verify_dir(
+    paths: &[PathBuf],
+    child: usize,
+    into: usize,
+    dir: chain::DirectionChoice,
+    direct: bool,
+) {
     let before: Vec<Vec<u8>> = paths.iter().map(|p| read_all(p)).collect();
     let into_arg = (into + 1 != child).then(|| paths[into].clone());
     let mut opts = down(into_arg.as_deref());
@@ -63,13 +70,11 @@ fn merge_and_verify_dir(paths: &[PathBuf], child: usize, into: usize, dir: chain
         chain::DirectionChoice::Auto => assert!(!up || up_allowed),
     }
     assert_eq!(plan.layers.len(), child - into + 1);
-    let stats = chain::merge(
-        &chain::OsFiles,
-        &plan,
-        &MergeOptions::default(),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let merge_opts = MergeOptions {
+        direct,
+        ..MergeOptions::default()
+    };
+    let stats = chain::merge(&chain::OsFiles, &plan, &merge_opts, &mut |_, _| {}).unwrap();
     assert_eq!(stats.layers_merged, child - into);
     for (i, p) in paths.iter().enumerate() {
         // Up, the parent (paths[into], as into + 1 == child) goes; down, the
@@ -118,7 +123,7 @@ proptest! {
         let into = ((pick >> 8) % child as u64) as usize;
         let dir = [chain::DirectionChoice::Down, chain::DirectionChoice::Up, chain::DirectionChoice::Auto]
             [((pick >> 16) % 3) as usize];
-        merge_and_verify_dir(&paths, child, into, dir);
+        merge_and_verify_dir(&paths, child, into, dir, (pick >> 24) & 1 == 1);
     }
 }
 
@@ -239,6 +244,7 @@ fn auto_merges_up_when_the_child_holds_more_data() {
         2,
         1,
         chain::DirectionChoice::Auto,
+        true,
     );
     assert!(!mid.exists() && leaf.exists());
 

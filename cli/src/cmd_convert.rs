@@ -70,6 +70,10 @@ pub struct Args {
     /// Flush the output to stable storage before exiting (a VHDX output always is)
     #[arg(long)]
     sync: bool,
+    /// -O raw: write through the page cache (copy_file_range) instead of
+    /// around it (O_DIRECT, the default where the output's filesystem allows it)
+    #[arg(long)]
+    buffered: bool,
     /// Print a JSON summary
     #[arg(long)]
     json: bool,
@@ -143,11 +147,15 @@ fn to_raw(a: &Args) -> CliResult {
         .map_err(|e| CliError::new(format!("{}: {e}", a.dst.display()), 1))?;
     let bar = bytes_bar(disk.virtual_size(), a.quiet || a.json);
     let start = Instant::now();
-    let stats = vhdx::export::to_raw(
+    let opts = vhdx::export::ExportOptions {
+        sync: a.sync,
+        direct: !a.buffered,
+    };
+    let stats = vhdx::export::to_raw_with(
         &disk,
         &out,
         &a.dst.display().to_string(),
-        a.sync,
+        opts,
         &mut |done| bar.set_position(done),
     )?;
     bar.finish_and_clear();
@@ -161,6 +169,7 @@ fn to_raw(a: &Args) -> CliResult {
             "data_bytes": stats.data_bytes,
             "zero_bytes": stats.zero_bytes,
             "kernel_copy_bytes": stats.kernel_copy_bytes,
+            "direct_bytes": stats.direct_bytes,
             "seconds": secs,
         });
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));

@@ -59,6 +59,10 @@ pub struct Args {
     /// Never use reflinks (always copy the bytes)
     #[arg(long)]
     no_reflink: bool,
+    /// Copy around the page cache (O_DIRECT reads and writes where the
+    /// filesystem allows them) instead of with copy_file_range
+    #[arg(long)]
+    direct: bool,
     /// Another folder to look for disks that use a merged layer or the target as their parent (repeatable)
     #[arg(long, value_name = "DIR")]
     scan: Vec<PathBuf>,
@@ -91,6 +95,7 @@ pub fn run(a: Args) -> CliResult {
     let opts = chain::MergeOptions {
         keep: a.keep,
         reflink: !a.no_reflink,
+        direct: a.direct,
         ..chain::MergeOptions::default()
     };
     let stats = chain::merge(&chain::OsFiles, &plan, &opts, &mut |done, _| {
@@ -121,6 +126,7 @@ pub fn run(a: Args) -> CliResult {
             "layers_merged": paths(merged),
             "bytes_copied": stats.bytes_copied,
             "bytes_reflinked": stats.bytes_reflinked,
+            "bytes_direct": stats.bytes_direct,
             "bytes_zeroed": stats.bytes_zeroed,
             "blocks_zeroed": stats.blocks_zeroed,
             "children_repointed": paths(&stats.children_repointed),

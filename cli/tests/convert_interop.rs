@@ -191,6 +191,16 @@ fn check_against_qemu(img: &Path) -> PathBuf {
     drop(f);
     hvkit_convert(img, &h, &[]);
     assert_identical(&h, &q);
+    // Through the page cache (copy_file_range) instead of O_DIRECT: the
+    // same bytes.
+    let b = img.with_extension("buffered.raw");
+    run(Command::new(env!("CARGO_BIN_EXE_hvkit"))
+        .arg("convert")
+        .arg(img)
+        .arg(&b)
+        .args(["-O", "raw", "-q", "--buffered"]));
+    assert_identical(&b, &q);
+    std::fs::remove_file(&b).unwrap();
     h
 }
 

@@ -175,12 +175,19 @@ fn kill_9_at_any_point_keeps_the_content_and_a_rerun_completes() {
         std::fs::copy(f, pristine.join(f.file_name().unwrap())).unwrap();
     }
     let mut killed = 0;
-    for delay_ms in [0u64, 2, 5, 10, 20, 35, 50, 80, 120, 200, 300, 500] {
+    let delays = [0u64, 2, 5, 10, 20, 35, 50, 80, 120, 200, 300, 500];
+    // Every delay twice: copying with copy_file_range, and with O_DIRECT
+    // reads and writes on a writer thread (`--direct`).
+    for (delay_ms, direct) in delays.iter().flat_map(|&d| [(d, false), (d, true)]) {
         for f in [&base, &c1, &c2] {
             std::fs::copy(pristine.join(f.file_name().unwrap()), f).unwrap();
         }
+        let mut args = vec!["merge", "-q", p(&c2), "--into", p(&base)];
+        if direct {
+            args.push("--direct");
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_hvkit"))
-            .args(["merge", "-q", p(&c2), "--into", p(&base)])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -201,26 +208,29 @@ fn kill_9_at_any_point_keeps_the_content_and_a_rerun_completes() {
         assert_eq!(
             flatten(leaf, &d.join("got.raw")),
             want,
-            "killed after {delay_ms} ms"
+            "killed after {delay_ms} ms (direct: {direct})"
         );
         if c2.exists() {
-            ok(hvkit(&["merge", "-q", p(&c2), "--into", p(&base)]));
+            ok(hvkit(&args));
         } else if c1.exists() {
             // Only a leftover merged layer remains; the base is complete.
             assert_eq!(flatten(&base, &d.join("got.raw")), want);
             continue;
         }
-        assert!(!c1.exists() && !c2.exists(), "killed after {delay_ms} ms");
+        assert!(
+            !c1.exists() && !c2.exists(),
+            "killed after {delay_ms} ms (direct: {direct})"
+        );
         assert_eq!(
             flatten(&base, &d.join("got.raw")),
             want,
-            "rerun after {delay_ms} ms"
+            "rerun after {delay_ms} ms (direct: {direct})"
         );
         ok(hvkit(&["check", p(&base)]));
     }
     println!("merges killed mid-way: {killed}");
     assert!(
-        killed >= 3,
+        killed >= 6,
         "only {killed} merges were still running when killed"
     );
 }

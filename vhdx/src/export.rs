@@ -1,11 +1,13 @@
 //! Flattening a disk (a file or a chain) into a raw image: only stored data
-//! is copied, zero runs stay holes, and data moves with `copy_file_range`
-//! (in-kernel, reflink where the filesystem can) when the source bytes are a
-//! plain file, in 8 MiB pieces, with the source read into the page cache
-//! ahead of the copy by a helper thread ([`crate::read_ahead`]) so the disk
-//! reads while the copy runs. One copier: a second one measured no faster
-//! on disk and twice the CPU (benches/README.md).
+//! is copied, zero runs stay holes. Data from plain files moves either
+//! around the page cache ([`crate::direct_copy`]: `O_DIRECT` reads and
+//! writes in 8 MiB requests, the default of `hvkit convert`), or with
+//! `copy_file_range` (in-kernel, reflink where the filesystem can) in 8 MiB
+//! pieces, the source read into the page cache ahead of the copy by a
+//! helper thread ([`crate::read_ahead`]). One copier: a second one measured
+//! no faster on disk and twice the CPU (benches/README.md).
 
+use crate::direct_copy::DirectCopy;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::image::Run;
@@ -24,6 +26,19 @@ pub struct ExportStats {
     /// Of `data_bytes`, how many the kernel copied (`copy_file_range`, or
     /// `sendfile` between filesystems) rather than a read and a write here.
     pub kernel_copy_bytes: u64,
+    /// Of `data_bytes`, how many went to the output around the page cache
+    /// (`O_DIRECT`, [`crate::direct_copy`]).
+    pub direct_bytes: u64,
+}
+
+/// How [`to_raw_with`] writes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExportOptions {
+    /// Flush the output to stable storage before returning.
+    pub sync: bool,
+    /// Read and write around the page cache (`O_DIRECT`) where the files
+    /// allow it; otherwise, and where they do not, `copy_file_range`.
+    pub direct: bool,
 }
 
 const WINDOW: u64 = 256 << 20;
@@ -43,27 +58,65 @@ pub fn to_raw(
     sync: bool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<ExportStats> {
+    let opts = ExportOptions {
+        sync,
+        direct: false,
+    };
+    to_raw_with(disk, out, out_name, opts, progress)
+}
+
+/// [`to_raw`] with the choice of page-cache or direct I/O. With `direct`,
+/// every piece whose source is a plain file is read (from the page cache
+/// when it is there, else from the disk) and written with `O_DIRECT` on a
+/// writer thread, in [`crate::direct_copy::CHUNK`] requests, instead of
+/// `copy_file_range` with read-ahead.
+pub fn to_raw_with(
+    disk: &Disk,
+    out: &File,
+    out_name: &str,
+    opts: ExportOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ExportStats> {
+    let sync = opts.sync;
     let size = disk.virtual_size();
     out.set_len(0).map_err(|e| Error::io(out_name, 0, e))?;
     out.set_len(size)
         .map_err(|e| Error::io(out_name, size, e))?;
     let mut stats = ExportStats::default();
     std::thread::scope(|scope| {
+        let mut direct = if opts.direct {
+            DirectCopy::start(scope, out)
+        } else {
+            None
+        };
         let ahead = ReadAhead::start(scope, READ_AHEAD);
         // The pieces of the next window are queued for read-ahead before
-        // the current window is copied, so the helper never runs dry.
+        // the current window is copied, so the helper never runs dry (not
+        // needed when reading directly: the reads are large and overlap
+        // with the writes by themselves).
         let mut current = window_pieces(disk, 0, &mut stats)?;
-        queue(disk, &ahead, &current);
+        if direct.is_none() {
+            queue(disk, &ahead, &current);
+        }
         let mut pos = 0u64;
         while pos < size {
             let end = pos.saturating_add(WINDOW).min(size);
             // Empty past the end of the disk.
             let next = window_pieces(disk, end, &mut stats)?;
-            queue(disk, &ahead, &next);
-            stats.kernel_copy_bytes += copy_pieces(disk, &current, out, out_name, sync, &ahead)?;
+            match &mut direct {
+                Some(d) => stats.direct_bytes += copy_pieces_direct(disk, &current, d, out_name)?,
+                None => {
+                    queue(disk, &ahead, &next);
+                    stats.kernel_copy_bytes +=
+                        copy_pieces(disk, &current, out, out_name, sync, &ahead)?;
+                }
+            }
             current = next;
             pos = end;
             progress(pos);
+        }
+        if let Some(d) = direct {
+            d.finish().map_err(|e| Error::io(out_name, 0, e))?;
         }
         ahead.finish();
         Ok::<(), Error>(())
@@ -175,6 +228,35 @@ fn copy_pieces(
         }
     }
     Ok(by_kernel)
+}
+
+/// Copies the pieces through the direct pipeline; pieces whose source is
+/// not a plain file (a log replayed in memory) are read here and handed to
+/// its writer as bytes. Returns the bytes read from plain files.
+fn copy_pieces_direct(
+    disk: &Disk,
+    pieces: &[Piece],
+    d: &mut DirectCopy<'_>,
+    out_name: &str,
+) -> Result<u64> {
+    let mut moved = 0;
+    for p in pieces {
+        let layer = &disk.layers()[p.layer].file;
+        match layer.direct_file() {
+            Some(f) => {
+                d.copy(f, p.src, p.dst, p.len, &mut |_| {})
+                    .map_err(|e| Error::io(out_name, p.dst, e))?;
+                moved += p.len;
+            }
+            None => {
+                let mut buf = vec![0u8; p.len as usize];
+                layer.read_file_at(&mut buf, p.src)?;
+                d.write(&buf, p.dst)
+                    .map_err(|e| Error::io(out_name, p.dst, e))?;
+            }
+        }
+    }
+    Ok(moved)
 }
 
 /// Copies in the kernel until done, the source ends, or the kernel cannot

@@ -16,6 +16,7 @@ pub mod check;
 pub mod counting_alloc;
 pub mod crash_storage;
 pub mod create;
+pub mod direct_copy;
 pub mod disk;
 pub mod error;
 pub mod export;
