@@ -21,4 +21,4 @@ pub mod plan;
 pub use error::{Error, Result};
 pub use layer_map::ChainDisk;
 pub use merge::{merge, Files, MergeOptions, MergeStats, OsFiles};
-pub use plan::{plan, Direction, DirectionChoice, MergePlan, PlanOptions, UpPlan};
+pub use plan::{plan, Direction, DirectionChoice, MergePlan, PlanOptions, UpPlan, ABSORBED_KEY};

@@ -25,7 +25,7 @@
 
 use crate::copy::Copier;
 use crate::error::{Error, Result};
-use crate::plan::{guid_key, Direction, MergePlan, UpPlan};
+use crate::plan::{guid_key, Direction, MergePlan, UpPlan, ABSORBED_KEY};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -462,7 +462,7 @@ fn zero_range(dst: &mut VhdxFile, guest: u64, len: u64, stats: &mut MergeStats) 
 
 /// The upward step: the parent's data that the child lacks goes into the
 /// child; the child is re-pointed at the grandparent, naming the absorbed
-/// parent in `parent_linkage2` (it reads the same over either) until the
+/// parent under [`ABSORBED_KEY`] (it reads the same over either) until the
 /// parent is removed; then that marker is dropped. The child's
 /// DataWriteGuid stays: what it shows never changes, so its own children
 /// stay valid. A crash before the re-point leaves the child over the
@@ -512,7 +512,7 @@ fn merge_up(
     let link = ParentLink::for_parent(child_path, &up.grandparent, up.grandparent_guid);
     let mut loc = link.locator();
     loc.entries
-        .insert(1, ("parent_linkage2".to_string(), braced(parent_guid)));
+        .insert(1, (ABSORBED_KEY.to_string(), braced(parent_guid)));
     child.set_parent_locator(&loc)?;
     child.close()?;
     drop(child);
@@ -528,14 +528,14 @@ fn merge_up(
     clear_absorbed_marker(files, child_path)
 }
 
-/// Drops `parent_linkage2` from the locator of `path`.
+/// Drops the absorbed-parent marker from the locator of `path`.
 fn clear_absorbed_marker(files: &dyn Files, path: &Path) -> Result<()> {
     let mut f = files.open(path, true)?;
     let Some(mut loc) = f.parent_locator().cloned() else {
         return Ok(());
     };
-    if loc.get("parent_linkage2").is_some() {
-        loc.entries.retain(|(k, _)| k != "parent_linkage2");
+    if loc.get(ABSORBED_KEY).is_some() {
+        loc.entries.retain(|(k, _)| k != ABSORBED_KEY);
         f.set_parent_locator(&loc)?;
     }
     f.close()?;

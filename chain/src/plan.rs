@@ -81,10 +81,17 @@ pub struct MergePlan {
     /// Merged layers whose removal a crash cut off: down, disks that name
     /// the target only through `parent_linkage2` (its current
     /// DataWriteGuid); up, the absorbed parent, which the child names
-    /// through `parent_linkage2` while no disk uses it. They are removed
+    /// under [`ABSORBED_KEY`] while no disk uses it. They are removed
     /// first, before anything changes under them.
     pub leftovers: Vec<PathBuf>,
 }
+
+/// The locator key under which a cut-off upward merge names the parent it
+/// absorbed. Its own key, not `parent_linkage2`: a downward merge puts the
+/// parent's next DataWriteGuid in `parent_linkage2` before the parent takes
+/// it, and the two states must not be confused (a re-run of a downward
+/// merge cut off there once only dropped the marker). Readers ignore it.
+pub const ABSORBED_KEY: &str = "hvkit_absorbed_parent";
 
 /// (device, inode) of a file.
 pub(crate) fn file_id(p: &Path) -> Result<(u64, u64)> {
@@ -392,14 +399,14 @@ fn up_plan(disk: &Disk) -> Result<UpPlan> {
     })
 }
 
-/// A cut-off upward merge: the child names its new parent, and through
-/// `parent_linkage2` the parent it absorbed. Returns the plan that finishes
+/// A cut-off upward merge: the child names its new parent, and under
+/// [`ABSORBED_KEY`] the parent it absorbed. Returns the plan that finishes
 /// it (remove the absorbed parent if nothing uses it, then drop the
 /// marker), or None when `child` shows no such marker.
 fn finish_up_plan(disk: &Disk, found: &[Found]) -> Option<MergePlan> {
     let c = &disk.layers()[0];
     let loc = c.file.parent_locator()?;
-    let absorbed = guid_key(loc, "parent_linkage2")?;
+    let absorbed = guid_key(loc, ABSORBED_KEY)?;
     let parent_guid = disk
         .layers()
         .get(1)

@@ -431,7 +431,10 @@ fn run_scenario(which: usize) -> usize {
                 .unwrap_or_else(|e| panic!("{what}: merge again: {e}"));
             }
             if s.up {
-                assert!(!has_marker(&s.child), "{what}: parent_linkage2 left behind");
+                assert!(
+                    !has_marker(&s.child),
+                    "{what}: absorbed-parent marker left behind"
+                );
             }
             check_state(&s, &expect, &format!("{what}, merged again"));
             for l in &removed {
@@ -448,7 +451,7 @@ fn has_marker(path: &Path) -> bool {
     VhdxFile::open_path(path, OpenOptions::read_only())
         .unwrap()
         .parent_locator()
-        .is_some_and(|l| l.get("parent_linkage2").is_some())
+        .is_some_and(|l| l.get(chain::ABSORBED_KEY).is_some() || l.get("parent_linkage2").is_some())
 }
 
 /// The files the completed merge must have removed.

@@ -101,7 +101,8 @@ fn merge_and_verify_dir(
         assert!(!r.is_corrupt(), "{}: {:?}", p.display(), r.problems);
         if up && i == child {
             let l = vhdx::VhdxFile::open_path(p, vhdx::OpenOptions::read_only()).unwrap();
-            assert!(l.parent_locator().unwrap().get("parent_linkage2").is_none());
+            let loc = l.parent_locator().unwrap();
+            assert!(loc.get("parent_linkage2").is_none() && loc.get(chain::ABSORBED_KEY).is_none());
         }
     }
 }
@@ -188,6 +189,81 @@ fn a_target_with_another_child_is_refused_and_left_alone() {
     // --into must name an ancestor.
     let e = chain::plan(&d.join("a.avhdx"), &down(Some(&d.join("b.avhdx")))).unwrap_err();
     assert!(e.to_string().contains("not one of its ancestors"), "{e}");
+}
+
+/// A downward merge cut off right after its first step (the child accepts
+/// the parent's next DataWriteGuid in `parent_linkage2`; the parent does
+/// not have it yet) completes when run again in any direction, the
+/// default `auto` too (which once took that state for a cut-off upward
+/// merge and only dropped the marker).
+#[test]
+fn a_down_merge_cut_off_after_its_first_step_completes_when_run_again() {
+    for dir in [
+        chain::DirectionChoice::Auto,
+        chain::DirectionChoice::Down,
+        chain::DirectionChoice::Up,
+    ] {
+        let scratch_dir = scratch();
+        let d = scratch_dir.path();
+        let (base, mid, leaf) = (
+            d.join("base.vhdx"),
+            d.join("mid.avhdx"),
+            d.join("leaf.avhdx"),
+        );
+        new_base(&base, 4 * MIB, 1 << 20, 512);
+        let mut rng = Rng(5);
+        scribble(&base, &mut rng, 4);
+        new_child(&mid, &base, None, 1 << 20);
+        scribble(&mid, &mut rng, 4);
+        new_child(&leaf, &mid, None, 1 << 20);
+        scribble(&leaf, &mut rng, 6);
+        let want = read_all(&leaf);
+        // Step 1 of `merge leaf` down into mid.
+        let mut f = vhdx::VhdxFile::open_path(&leaf, vhdx::OpenOptions::writable()).unwrap();
+        let mut loc = f.parent_locator().unwrap().clone();
+        loc.entries.push((
+            "parent_linkage2".to_string(),
+            format!("{{{}}}", uuid::Uuid::new_v4()),
+        ));
+        f.set_parent_locator(&loc).unwrap();
+        f.close().unwrap();
+        drop(f);
+        assert_eq!(read_all(&leaf), want);
+        let opts = chain::PlanOptions {
+            direction: dir,
+            ..chain::PlanOptions::default()
+        };
+        let plan = chain::plan(&leaf, &opts).unwrap();
+        assert_eq!(plan.layers.len(), 2, "{dir:?}");
+        assert!(
+            plan.up.is_some() || plan.direction == chain::Direction::Down,
+            "{dir:?}"
+        );
+        let stats = chain::merge(
+            &chain::OsFiles,
+            &plan,
+            &MergeOptions::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(stats.layers_merged, 1, "{dir:?}: the merge ran");
+        let result = if plan.direction == chain::Direction::Up {
+            &leaf
+        } else {
+            &mid
+        };
+        assert_eq!(read_all(result), want, "{dir:?}");
+        assert_eq!(
+            mid.exists(),
+            plan.direction == chain::Direction::Down,
+            "{dir:?}"
+        );
+        assert_eq!(
+            leaf.exists(),
+            plan.direction == chain::Direction::Up,
+            "{dir:?}"
+        );
+    }
 }
 
 #[test]

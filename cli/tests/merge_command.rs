@@ -210,8 +210,21 @@ fn kill_9_at_any_point_keeps_the_content_and_a_rerun_completes() {
             want,
             "killed after {delay_ms} ms (direct: {direct})"
         );
+        let mut rerun = String::new();
+        let info_before = format!(
+            "c1 {}: {}\nc2: {}",
+            c1.exists(),
+            if c1.exists() {
+                ok(hvkit(&["info", p(&c1)]))
+            } else {
+                String::new()
+            },
+            ok(hvkit(&["info", p(&c2)]))
+        );
         if c2.exists() {
-            ok(hvkit(&args));
+            let mut a = args.clone();
+            a.push("--json");
+            rerun = ok(hvkit(&a));
         } else if c1.exists() {
             // Only a leftover merged layer remains; the base is complete.
             assert_eq!(flatten(&base, &d.join("got.raw")), want);
@@ -219,7 +232,7 @@ fn kill_9_at_any_point_keeps_the_content_and_a_rerun_completes() {
         }
         assert!(
             !c1.exists() && !c2.exists(),
-            "killed after {delay_ms} ms (direct: {direct})"
+            "killed after {delay_ms} ms (direct: {direct}); before the rerun: {info_before}\nrerun: {rerun}"
         );
         assert_eq!(
             flatten(&base, &d.join("got.raw")),
