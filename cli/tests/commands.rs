@@ -271,23 +271,75 @@ fn check_exit_codes_and_repair() {
     assert_eq!(code(&o), 1);
 }
 
-#[test]
-fn check_repair_replays_the_corpus_dirty_log() {
-    let dir = std::env::var_os("HVKIT_CORPUS")
+/// The corpus file with an un-replayed log, decompressed into `dir`; None
+/// (with a printed SKIP) when the corpus is absent.
+fn corpus_dirty_log(dir: &Path) -> Option<PathBuf> {
+    let corpus = std::env::var_os("HVKIT_CORPUS")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
-    let bz = dir.join("vhdx/qemu-dirtylog-10G-4M.vhdx.bz2");
+    let bz = corpus.join("vhdx/qemu-dirtylog-10G-4M.vhdx.bz2");
     if !bz.is_file() {
         println!(
             "SKIP: corpus not found at {} (set HVKIT_CORPUS)",
-            dir.display()
+            corpus.display()
         );
-        return;
+        return None;
     }
-    let t = tempfile::tempdir().unwrap();
-    let img = t.path().join("dirty.vhdx");
+    let img = dir.join("dirty.vhdx");
     let mut dec = bzip2::read::BzDecoder::new(std::fs::File::open(&bz).unwrap());
     std::io::copy(&mut dec, &mut std::fs::File::create(&img).unwrap()).unwrap();
+    Some(img)
+}
+
+/// The corpus file with an un-replayed log converts to what it shows after
+/// replay (QEMU iotest 070: [0, 18 MiB) reads 0xA5, the rest zeros) on the
+/// O_DIRECT path and the page-cache path alike; its blocks come from the
+/// log replayed in memory, not from the file, and the source stays as it was.
+#[test]
+fn convert_of_the_corpus_dirty_log_reads_through_the_replayed_log() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(img) = corpus_dirty_log(t.path()) else {
+        return;
+    };
+    let before = std::fs::read(&img).unwrap();
+    for extra in [None, Some("--buffered")] {
+        let out = t.path().join("out.raw");
+        let mut args = vec!["convert", "-q", p(&img), p(&out), "-O", "raw"];
+        args.extend(extra);
+        let o = hvkit(&args);
+        assert_eq!(
+            code(&o),
+            0,
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let f = std::fs::File::open(&out).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 10 << 30, "{extra:?}");
+        let mut head = vec![0u8; 19 << 20];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0).unwrap();
+        assert!(head[..18 << 20].iter().all(|&b| b == 0xA5), "{extra:?}");
+        assert!(head[18 << 20..].iter().all(|&b| b == 0), "{extra:?}");
+        // Sparse: nothing but the 18 MiB of data is allocated.
+        use std::os::unix::fs::MetadataExt;
+        let allocated = f.metadata().unwrap().blocks() * 512;
+        assert!(
+            allocated <= 20 << 20,
+            "{extra:?}: {allocated} bytes allocated"
+        );
+        std::fs::remove_file(&out).unwrap();
+    }
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "convert must not write its source"
+    );
+}
+
+#[test]
+fn check_repair_replays_the_corpus_dirty_log() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(img) = corpus_dirty_log(t.path()) else {
+        return;
+    };
     let before = std::fs::read(&img).unwrap();
     let o = hvkit(&["check", "--json", p(&img)]);
     assert_eq!(code(&o), 3, "{}", stdout(&o));

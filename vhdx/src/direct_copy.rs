@@ -131,6 +131,8 @@ impl<'scope> DirectCopy<'scope> {
     /// Copies `len` bytes at `src_off` of `src` to `dst_off` of the output.
     /// Returns once the bytes are read; their writes may still be in flight
     /// ([`DirectCopy::drain`] waits for them). `done` hears of each piece.
+    /// Sources are told apart by descriptor (each gets one `O_DIRECT`
+    /// reopening), so every `src` must stay open while `self` lives.
     pub fn copy(
         &mut self,
         src: &File,

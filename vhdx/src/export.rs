@@ -240,20 +240,25 @@ fn copy_pieces_direct(
     out_name: &str,
 ) -> Result<u64> {
     let mut moved = 0;
+    let mut buf: Vec<u8> = Vec::new();
     for p in pieces {
         let layer = &disk.layers()[p.layer].file;
-        match layer.direct_file() {
-            Some(f) => {
-                d.copy(f, p.src, p.dst, p.len, &mut |_| {})
-                    .map_err(|e| Error::io(out_name, p.dst, e))?;
-                moved += p.len;
-            }
-            None => {
-                let mut buf = vec![0u8; p.len as usize];
-                layer.read_file_at(&mut buf, p.src)?;
-                d.write(&buf, p.dst)
-                    .map_err(|e| Error::io(out_name, p.dst, e))?;
-            }
+        if let Some(f) = layer.direct_file() {
+            d.copy(f, p.src, p.dst, p.len, &mut |_| {})
+                .map_err(|e| Error::io(out_name, p.dst, e))?;
+            moved += p.len;
+            continue;
+        }
+        if buf.is_empty() {
+            buf = vec![0u8; BUF];
+        }
+        let mut done = 0;
+        while done < p.len {
+            let k = (p.len - done).min(BUF as u64) as usize;
+            layer.read_file_at(&mut buf[..k], p.src + done)?;
+            d.write(&buf[..k], p.dst + done)
+                .map_err(|e| Error::io(out_name, p.dst + done, e))?;
+            done += k as u64;
         }
     }
     Ok(moved)

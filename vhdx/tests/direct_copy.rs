@@ -21,6 +21,19 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// A new sparse output file of `len` bytes.
+fn new_output(path: &std::path::Path, len: u64) -> File {
+    let out = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    out.set_len(len).unwrap();
+    out
+}
+
 fn drop_cache(f: &File) {
     // SAFETY: plain advice on an open descriptor.
     unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
@@ -51,14 +64,7 @@ fn run_cases(cold: bool) {
     let out_len = 64 * MIB;
     for (i, (so, dof, len)) in cases(src_len).into_iter().enumerate() {
         let op = dir.path().join(format!("out{i}"));
-        let out = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&op)
-            .unwrap();
-        out.set_len(out_len).unwrap();
+        let out = new_output(&op, out_len);
         if cold {
             src.sync_all().unwrap();
             drop_cache(&src);
@@ -125,14 +131,7 @@ fn many_small_copies_keep_their_order() {
     std::fs::write(&sp, &data).unwrap();
     let src = File::open(&sp).unwrap();
     let op = dir.path().join("out");
-    let out = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&op)
-        .unwrap();
-    out.set_len(16 * MIB).unwrap();
+    let out = new_output(&op, 16 * MIB);
     let mut want = vec![0u8; (16 * MIB) as usize];
     let ran = std::thread::scope(|scope| {
         let Some(mut d) = DirectCopy::start(scope, &out) else {
