@@ -93,6 +93,11 @@ for layout in $LAYOUTS; do
     res[$layout-bytes]=$bytes
 done
 
+if [ "$RUNS" -eq 0 ]; then
+    echo "data built in $DIR (RUNS=0: nothing timed)"
+    exit 0
+fi
+
 printf '\n%-13s %9s %9s %9s %9s %9s %11s %12s\n' layout hvkit_s hvkit_rm_s qemu_s copy_s GiB/s qemu/hvkit hvkit/copy
 for layout in $LAYOUTS; do
     h=$(echo "${res[$layout-hvkit]}" | median)

@@ -315,7 +315,7 @@ pub fn plan(child: &Path, opts: &PlanOptions) -> Result<MergePlan> {
     if opts.direction == DirectionChoice::Down {
         return down;
     }
-    let up = match up_refusal(&disk, k, &ids, &found) {
+    let up = match up_refusal(&disk, into.is_some(), &ids, &found) {
         None => up_plan(&disk)?,
         Some(why) if opts.direction == DirectionChoice::Up => {
             return Err(Error::refused(child, format!("cannot merge up: {why}")))
@@ -340,10 +340,14 @@ pub fn plan(child: &Path, opts: &PlanOptions) -> Result<MergePlan> {
 }
 
 /// Why `disk`'s leaf cannot take its parent's data (None: it can).
-fn up_refusal(disk: &Disk, k: usize, ids: &[(u64, u64)], found: &[Found]) -> Option<String> {
+/// `into`: a target was named, so the data must end up in it (an auto
+/// merge then goes down, even into the immediate parent: a re-run of a
+/// cut-off two-layer merge finds the child one layer above the target and
+/// must not move the target's data out of it).
+fn up_refusal(disk: &Disk, into: bool, ids: &[(u64, u64)], found: &[Found]) -> Option<String> {
     let layers = disk.layers();
-    if k != 1 {
-        return Some("an upward merge takes one layer (no --into)".into());
+    if into {
+        return Some("an upward merge takes one layer and no --into".into());
     }
     if layers.len() < 3 {
         return Some(if layers[1].file.has_parent() {

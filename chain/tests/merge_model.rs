@@ -313,6 +313,22 @@ fn auto_merges_up_when_the_child_holds_more_data() {
     let auto = chain::PlanOptions::default();
     let plan = chain::plan(&leaf, &auto).unwrap();
     assert_eq!(plan.direction, chain::Direction::Up);
+    // Naming the target, even the immediate parent, keeps the data there:
+    // auto goes down, and up is refused.
+    let named = down(Some(&mid));
+    let named_auto = chain::PlanOptions {
+        direction: chain::DirectionChoice::Auto,
+        ..named.clone()
+    };
+    let p = chain::plan(&leaf, &named_auto).unwrap();
+    assert_eq!(p.direction, chain::Direction::Down);
+    assert_eq!(p.layers, vec![leaf.clone(), mid.clone()]);
+    let named_up = chain::PlanOptions {
+        direction: chain::DirectionChoice::Up,
+        ..named
+    };
+    let e = chain::plan(&leaf, &named_up).unwrap_err();
+    assert!(e.to_string().contains("no --into"), "{e}");
     // Only the parent's half block that the leaf lacks moves.
     assert_eq!(plan.layer_bytes, vec![MIB / 2]);
     merge_and_verify_dir(

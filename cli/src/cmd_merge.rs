@@ -50,7 +50,7 @@ pub struct Args {
     into: Option<PathBuf>,
     /// down: CHILD's data into the ancestor; up: the parent's data into CHILD, which is
     /// re-pointed at the grandparent (one layer, the parent used by nothing else);
-    /// auto: up when allowed and it moves fewer bytes
+    /// auto: up when allowed and it moves fewer bytes (down whenever --into names the target)
     #[arg(long, value_enum, default_value_t = DirectionArg::Auto)]
     direction: DirectionArg,
     /// Keep the merged files (down: they still read correctly over the target; up: the parent is left unused)
