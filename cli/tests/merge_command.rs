@@ -211,16 +211,15 @@ fn kill_9_at_any_point_keeps_the_content_and_a_rerun_completes() {
             "killed after {delay_ms} ms (direct: {direct})"
         );
         let mut rerun = String::new();
-        let info_before = format!(
-            "c1 {}: {}\nc2: {}",
-            c1.exists(),
-            if c1.exists() {
-                ok(hvkit(&["info", p(&c1)]))
+        // `hvkit info` of whichever merged layers are still there.
+        let info_of = |f: &Path| {
+            if f.exists() {
+                ok(hvkit(&["info", p(f)]))
             } else {
-                String::new()
-            },
-            ok(hvkit(&["info", p(&c2)]))
-        );
+                "(removed)".to_string()
+            }
+        };
+        let info_before = format!("c1: {}\nc2: {}", info_of(&c1), info_of(&c2));
         if c2.exists() {
             let mut a = args.clone();
             a.push("--json");
