@@ -53,7 +53,7 @@ pub fn check_path(path: &std::path::Path, repair: bool) -> Result<CheckReport> {
         r.repaired = repaired;
         return Ok(r);
     }
-    let file = std::fs::File::open(path).map_err(|e| Error::io(&name, 0, e))?;
+    let file = std::fs::File::open(path).map_err(|e| Error::open(&name, e))?;
     check(Box::new(file), &name)
 }
 

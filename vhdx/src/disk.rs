@@ -355,7 +355,7 @@ fn runs_layers(
 }
 
 fn file_id(p: &Path) -> Result<(u64, u64)> {
-    let m = std::fs::metadata(p).map_err(|e| Error::io(&p.display().to_string(), 0, e))?;
+    let m = std::fs::metadata(p).map_err(|e| Error::open(&p.display().to_string(), e))?;
     Ok((m.dev(), m.ino()))
 }
 

@@ -15,6 +15,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// `path` could not be opened (missing, no permission, a directory).
+    #[error("{path}: cannot open: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
     /// A structure in the file is malformed.
     #[error("{path}: corrupt {what} at offset {offset:#x}: {reason}")]
     Corrupt {
@@ -73,6 +80,13 @@ impl Error {
         }
     }
 
+    pub(crate) fn open(path: &str, source: io::Error) -> Self {
+        Error::Open {
+            path: path.to_string(),
+            source,
+        }
+    }
+
     pub(crate) fn corrupt(
         path: &str,
         what: &'static str,
@@ -104,7 +118,7 @@ impl Error {
 impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
         match e {
-            Error::Io { source, .. } => source,
+            Error::Io { source, .. } | Error::Open { source, .. } => source,
             Error::OutOfRange { .. } => io::Error::new(io::ErrorKind::InvalidInput, e),
             other => io::Error::new(io::ErrorKind::InvalidData, other),
         }

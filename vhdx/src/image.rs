@@ -259,7 +259,7 @@ impl VhdxFile {
             .read(true)
             .write(opts.write)
             .open(path)
-            .map_err(|e| Error::io(&name, 0, e))?;
+            .map_err(|e| Error::open(&name, e))?;
         Self::open(Box::new(file), &name, opts)
     }
 

@@ -49,7 +49,7 @@ pub struct RawImage {
 impl RawImage {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let name = path.as_ref().display().to_string();
-        let file = File::open(path.as_ref()).map_err(|e| Error::io(&name, 0, e))?;
+        let file = File::open(path.as_ref()).map_err(|e| Error::open(&name, e))?;
         let size = file.metadata().map_err(|e| Error::io(&name, 0, e))?.len();
         Ok(RawImage {
             path: name,

@@ -2021,3 +2021,28 @@ fn write_fuzz_seeds() {
         std::fs::write(dir.join(format!("{name}.bin")), s).unwrap();
     }
 }
+
+/// A path that cannot be opened (missing, or a folder) is `Error::Open`
+/// naming it, not an I/O error at some offset.
+#[test]
+fn unopenable_paths_name_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.vhdx");
+    for (p, ro) in [(&missing, true), (&missing, false)] {
+        let opts = if ro {
+            vhdx::OpenOptions::read_only()
+        } else {
+            vhdx::OpenOptions::writable()
+        };
+        let e = vhdx::VhdxFile::open_path(p, opts).unwrap_err();
+        assert!(matches!(e, Error::Open { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!("{}: cannot open: ", p.display())),
+            "{msg}"
+        );
+        assert_eq!(io::Error::from(e).kind(), io::ErrorKind::NotFound);
+    }
+    let e = vhdx::VhdxFile::open_path(dir.path(), vhdx::OpenOptions::writable()).unwrap_err();
+    assert!(matches!(e, Error::Open { .. }), "{e:?}");
+}

@@ -14,6 +14,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// `path` could not be opened (missing, no permission, a directory).
+    #[error("{path}: cannot open: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
     /// A structure is malformed or fails its checksum.
     #[error("{path}: corrupt {what} at offset {offset:#x}: {reason}")]
     Corrupt {
@@ -58,6 +65,13 @@ impl Error {
         Error::Io {
             path: path.to_string(),
             offset,
+            source,
+        }
+    }
+
+    pub(crate) fn open(path: &str, source: io::Error) -> Self {
+        Error::Open {
+            path: path.to_string(),
             source,
         }
     }

@@ -124,7 +124,7 @@ impl Store {
             .read(true)
             .write(options.write)
             .open(path)
-            .map_err(|e| Error::io(&name, 0, e))?;
+            .map_err(|e| Error::open(&name, e))?;
         Store::from_storage(Arc::new(file), &name, options)
     }
 

@@ -1153,3 +1153,17 @@ fn a_deep_tree_converts_to_json_without_overflowing_the_stack() {
         }
     }
 }
+
+/// A path that cannot be opened is `Error::Open` naming it.
+#[test]
+fn unopenable_paths_name_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.vmcx");
+    let e = Store::open(&missing).unwrap_err();
+    assert!(matches!(e, Error::Open { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}: cannot open: ", missing.display())),
+        "{e}"
+    );
+}
