@@ -7,7 +7,7 @@
 //! tree; a file-object value read whole must equal the same bytes streamed.
 //!
 //! Seeds (`fuzz/seeds/vmcx_open/`) are written by
-//! `cargo run -p vmcx --example make_fuzz_seeds -- fuzz/seeds/vmcx_open`.
+//! `cargo run -p vmcx --example make_vmcx_fuzz_seeds -- fuzz/seeds/vmcx_open`.
 
 #![no_main]
 

@@ -12,7 +12,7 @@
 //! its limit; reads past 2^64 fail.
 //!
 //! Seeds (`fuzz/seeds/vmrs_open/`) are written by
-//! `cargo run -p vmrs --example make_fuzz_seeds -- fuzz/seeds/vmrs_open`.
+//! `cargo run -p vmrs --example make_vmrs_fuzz_seeds -- fuzz/seeds/vmrs_open`.
 
 #![no_main]
 

@@ -14,7 +14,7 @@
 //!   again is harmless).
 //!
 //! ```sh
-//! cargo run -p vmcx --example make_fuzz_seeds -- fuzz/seeds/vmcx_open
+//! cargo run -p vmcx --example make_vmcx_fuzz_seeds -- fuzz/seeds/vmcx_open
 //! ```
 
 use std::path::PathBuf;
@@ -115,7 +115,7 @@ fn dirty(mut bytes: Vec<u8>) -> Result<Vec<u8>, String> {
 
 fn main() -> ExitCode {
     let Some(dir) = std::env::args_os().nth(1).map(PathBuf::from) else {
-        eprintln!("usage: make_fuzz_seeds DIR");
+        eprintln!("usage: make_vmcx_fuzz_seeds DIR");
         return ExitCode::from(2);
     };
     let run = || -> Result<(), String> {
@@ -163,7 +163,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("make_fuzz_seeds: {e}");
+            eprintln!("make_vmcx_fuzz_seeds: {e}");
             ExitCode::FAILURE
         }
     }

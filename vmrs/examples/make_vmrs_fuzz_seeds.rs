@@ -17,7 +17,7 @@
 //! Each seed is opened again and its memory compared with what was put in.
 //!
 //! ```sh
-//! cargo run -p vmrs --example make_fuzz_seeds -- fuzz/seeds/vmrs_open
+//! cargo run -p vmrs --example make_vmrs_fuzz_seeds -- fuzz/seeds/vmrs_open
 //! ```
 
 use std::path::PathBuf;
@@ -293,7 +293,7 @@ fn tokens() -> Result<Seed, String> {
 
 fn main() -> ExitCode {
     let Some(dir) = std::env::args_os().nth(1).map(PathBuf::from) else {
-        eprintln!("usage: make_fuzz_seeds DIR");
+        eprintln!("usage: make_vmrs_fuzz_seeds DIR");
         return ExitCode::from(2);
     };
     let run = || -> Result<(), String> {
@@ -331,7 +331,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("make_fuzz_seeds: {e}");
+            eprintln!("make_vmrs_fuzz_seeds: {e}");
             ExitCode::FAILURE
         }
     }
