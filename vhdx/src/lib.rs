@@ -33,6 +33,7 @@ pub mod relink;
 pub mod sector_bitmap;
 pub mod size;
 pub mod storage;
+pub mod tail;
 pub mod test_corpus;
 pub mod write;
 

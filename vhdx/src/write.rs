@@ -248,7 +248,8 @@ impl VhdxFile {
     /// Unlike the other changes, a mapping never commits by itself (a
     /// commit must not make the BAT point at bytes not yet written): the
     /// caller commits after its copies, watching
-    /// [`VhdxFile::pending_page_count`].
+    /// [`VhdxFile::pending_page_count`]. A caller whose copies fail must
+    /// end the open with [`VhdxFile::abandon`]: dropping it commits.
     pub fn map_write(&mut self, offset: u64, len: u64) -> Result<u64> {
         self.check_sector_range(offset, len)?;
         let bs = self.geometry.block_size;
@@ -677,6 +678,19 @@ impl VhdxFile {
         }
         self.pending.journal = None;
         Ok(())
+    }
+}
+
+impl VhdxFile {
+    /// Ends this open without committing what is pending, as a crash at
+    /// this point would: the file keeps its last committed state (a reopen
+    /// replays the log of earlier commits where it is still named). For a
+    /// caller whose operation failed half-way, when what is pending must
+    /// not become the file's state: mappings of [`VhdxFile::map_write`]
+    /// whose bytes were never written. (Dropping a writable open commits.)
+    pub fn abandon(mut self) {
+        self.pending = Pending::default();
+        self.writable = false;
     }
 }
 
