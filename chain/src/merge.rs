@@ -112,7 +112,30 @@ pub struct MergeStats {
 }
 
 /// Carries out `plan`. `progress(done, total)` gets guest bytes handled.
+/// A merge that fails (a full disk, an I/O error) gives back the space it
+/// had allocated in the file it was writing and not yet committed, so the
+/// filesystem is left no fuller than the committed state needs.
 pub fn merge(
+    files: &dyn Files,
+    plan: &MergePlan,
+    opts: &MergeOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<MergeStats> {
+    let result = run_merge(files, plan, opts, progress);
+    if result.is_err() {
+        let written = match plan.direction {
+            Direction::Up => &plan.layers[0],
+            Direction::Down => &plan.layers[plan.layers.len() - 1],
+        };
+        // Best effort: the merge's own error is what the caller hears.
+        if let Ok(mut f) = files.open(written, true) {
+            let _ = f.release_tail(0);
+        }
+    }
+    result
+}
+
+fn run_merge(
     files: &dyn Files,
     plan: &MergePlan,
     opts: &MergeOptions,
@@ -230,31 +253,25 @@ fn merge_step(
     drop(child);
     let child = files.open(child_path, false)?;
 
-    // 2. Copy into the parent under its new identity.
+    // 2. Copy into the parent under its new identity. On any error the
+    // parent's pending mappings are dropped, never committed: their bytes
+    // may not have been copied.
     let mut parent = files.open(parent_path, true)?;
-    if parent.logical_sector_size() != child.logical_sector_size() {
-        return Err(Error::refused(
-            child_path,
-            "its logical sector size differs from the parent's",
-        ));
-    }
-    parent.pin_data_write_guid(new_guid)?;
-    // The merged disk is the child's: its size (past which the child read
-    // zeros whatever the parent held) and its identity.
-    if child.virtual_size() != parent.virtual_size() {
-        parent.set_virtual_size(child.virtual_size(), parent_parent_size)?;
-    }
-    parent.set_virtual_disk_id(child.metadata().virtual_disk_id)?;
-    copy_runs(
-        &child,
-        &[(0, child.virtual_size())],
+    let filled = fill_parent(
+        (child_path, &child),
         &mut parent,
+        new_guid,
+        parent_parent_size,
         opts,
         copier,
         stats,
         progress,
-    )?;
-    parent.close()?;
+    )
+    .and_then(|()| Ok(parent.close()?));
+    if let Err(e) = filled {
+        parent.abandon();
+        return Err(e);
+    }
     drop(parent);
     stats.layers_merged += 1;
 
@@ -460,6 +477,46 @@ fn zero_range(dst: &mut VhdxFile, guest: u64, len: u64, stats: &mut MergeStats) 
     Ok(())
 }
 
+/// Step 2 of [`merge_step`]: the parent takes the child's identity, size
+/// and data (committed when the caller closes it).
+#[allow(clippy::too_many_arguments)]
+fn fill_parent(
+    (child_path, child): (&Path, &VhdxFile),
+    parent: &mut VhdxFile,
+    new_guid: Uuid,
+    parent_parent_size: u64,
+    opts: &MergeOptions,
+    copier: &mut Copier,
+    stats: &mut MergeStats,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    // Space an earlier, cut-off attempt allocated and never committed goes
+    // back first: new blocks would otherwise land after it.
+    parent.release_tail(0)?;
+    if parent.logical_sector_size() != child.logical_sector_size() {
+        return Err(Error::refused(
+            child_path,
+            "its logical sector size differs from the parent's",
+        ));
+    }
+    parent.pin_data_write_guid(new_guid)?;
+    // The merged disk is the child's: its size (past which the child read
+    // zeros whatever the parent held) and its identity.
+    if child.virtual_size() != parent.virtual_size() {
+        parent.set_virtual_size(child.virtual_size(), parent_parent_size)?;
+    }
+    parent.set_virtual_disk_id(child.metadata().virtual_disk_id)?;
+    copy_runs(
+        child,
+        &[(0, child.virtual_size())],
+        parent,
+        opts,
+        copier,
+        stats,
+        progress,
+    )
+}
+
 /// The upward step: the parent's data that the child lacks goes into the
 /// child; the child is re-pointed at the grandparent, naming the absorbed
 /// parent under [`ABSORBED_KEY`] (it reads the same over either) until the
@@ -479,9 +536,52 @@ fn merge_up(
 ) -> Result<()> {
     let (child_path, parent_path) = (&plan.layers[0], &plan.layers[1]);
     let parent = files.open(parent_path, false)?;
+    let mut child = files.open(child_path, true)?;
+    // On any error the child's pending mappings are dropped, never
+    // committed: the parent's bytes may not have been copied into them, and
+    // the child's content must not change.
+    let absorbed = absorb_parent(
+        (child_path, &mut child),
+        &parent,
+        up,
+        opts,
+        copier,
+        stats,
+        progress,
+    )
+    .and_then(|()| Ok(child.close()?));
+    if let Err(e) = absorbed {
+        child.abandon();
+        return Err(e);
+    }
+    drop(child);
+    drop(parent);
+    stats.layers_merged += 1;
+    stats.children_repointed.push(child_path.clone());
+    if !opts.keep {
+        files
+            .remove(parent_path)
+            .map_err(|e| Error::io(parent_path, e))?;
+        stats.files_removed.push(parent_path.clone());
+    }
+    clear_absorbed_marker(files, child_path)
+}
+
+/// The body of [`merge_up`]: the parent's runs into the child's holes,
+/// then the child re-pointed at the grandparent (committed when the caller
+/// closes it).
+fn absorb_parent(
+    (child_path, child): (&Path, &mut VhdxFile),
+    parent: &VhdxFile,
+    up: &UpPlan,
+    opts: &MergeOptions,
+    copier: &mut Copier,
+    stats: &mut MergeStats,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
     let parent_guid = parent.header().data_write_guid;
     let psize = parent.virtual_size();
-    let mut child = files.open(child_path, true)?;
+    child.release_tail(0)?;
     let guid = child.header().data_write_guid;
     child.pin_data_write_guid(guid)?;
     // The child's holes: inside the parent they get the parent's runs;
@@ -503,9 +603,9 @@ fn merge_up(
         at += r.len();
         Ok(())
     })?;
-    copy_runs(&parent, &holes, &mut child, opts, copier, stats, progress)?;
+    copy_runs(parent, &holes, child, opts, copier, stats, progress)?;
     for (off, len) in past_end {
-        zero_range(&mut child, off, len, stats)?;
+        zero_range(child, off, len, stats)?;
     }
     child.commit()?;
     // Re-point at the grandparent; the absorbed parent stays acceptable.
@@ -514,18 +614,7 @@ fn merge_up(
     loc.entries
         .insert(1, (ABSORBED_KEY.to_string(), braced(parent_guid)));
     child.set_parent_locator(&loc)?;
-    child.close()?;
-    drop(child);
-    drop(parent);
-    stats.layers_merged += 1;
-    stats.children_repointed.push(child_path.clone());
-    if !opts.keep {
-        files
-            .remove(parent_path)
-            .map_err(|e| Error::io(parent_path, e))?;
-        stats.files_removed.push(parent_path.clone());
-    }
-    clear_absorbed_marker(files, child_path)
+    Ok(())
 }
 
 /// Drops the absorbed-parent marker from the locator of `path`.
