@@ -100,6 +100,20 @@ pub fn run(a: Args) -> CliResult {
     };
     let stats = chain::merge(&chain::OsFiles, &plan, &opts, &mut |done, _| {
         bar.set_position(done)
+    })
+    .map_err(|e| {
+        bar.finish_and_clear();
+        // A refusal changed nothing; any other failure left the chain
+        // reading as before (the merge is crash-safe) and may be retried.
+        let refused = matches!(e, chain::Error::Refused { .. });
+        let e = crate::CliError::from(e);
+        if refused {
+            e
+        } else {
+            e.with_note(
+                "the chain still reads as before the merge; once the cause is fixed, the same command completes it",
+            )
+        }
     })?;
     bar.finish_and_clear();
     let up = plan.direction == chain::Direction::Up;

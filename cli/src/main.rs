@@ -97,6 +97,13 @@ impl CliError {
             code,
         }
     }
+    /// The same error with a second line of advice.
+    pub fn with_note(self, note: &str) -> Self {
+        CliError {
+            message: format!("{}\n({note})", self.message),
+            code: self.code,
+        }
+    }
     fn exit_code(&self) -> u8 {
         self.code
     }
