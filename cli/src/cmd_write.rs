@@ -68,6 +68,7 @@ pub fn run(a: Args) -> CliResult {
         None => (Box::new(std::io::stdin().lock()), None),
     };
     let mut disk = Disk::open_writable(&a.file, &a.chain.options())?;
+    let len_before = disk.leaf().file_len();
     let size = disk.virtual_size();
     if a.offset > size {
         return Err(CliError::new(
@@ -120,6 +121,14 @@ pub fn run(a: Args) -> CliResult {
     })();
     let written = pos - a.offset;
     let closed = disk.close();
+    if result.is_err() || closed.is_err() {
+        // Blocks this write allocated and never committed (a full disk)
+        // go back to the filesystem; best effort, the first error is the
+        // one reported.
+        if let Ok(mut f) = vhdx::VhdxFile::open_path(&a.file, vhdx::OpenOptions::writable()) {
+            let _ = f.release_tail(len_before);
+        }
+    }
     result?;
     closed?;
     if a.json {

@@ -1,72 +1,16 @@
 //! `hvkit merge` end to end: output and JSON, refusals and their exit codes,
 //! and `kill -9` at many points of a merge: every time, the chain opens and
 //! reads exactly what it read before, and running the same merge again
-//! completes it.
+//! completes it. (A merge on a full disk: `full_disk.rs`.)
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const MIB: usize = 1 << 20;
+mod common;
 
-fn hvkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hvkit"))
-        .args(args)
-        .output()
-        .expect("run hvkit")
-}
-
-#[track_caller]
-fn ok(o: Output) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-fn scratch() -> tempfile::TempDir {
-    tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap())
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// Writes `data` at `offset` through `hvkit write`.
-fn write(img: &Path, dir: &Path, offset: usize, data: &[u8]) {
-    let input = dir.join("input.bin");
-    std::fs::write(&input, data).unwrap();
-    ok(hvkit(&[
-        "write",
-        p(img),
-        "--offset",
-        &offset.to_string(),
-        "-i",
-        p(&input),
-    ]));
-}
-
-fn flatten(img: &Path, out: &Path) -> Vec<u8> {
-    let _ = std::fs::remove_file(out);
-    ok(hvkit(&["convert", "-q", p(img), p(out), "-O", "raw"]));
-    std::fs::read(out).unwrap()
-}
+use common::*;
 
 /// base (64 MiB) <- c1 <- c2, each with data.
 fn chain(dir: &Path, size_mib: usize, data_mib: usize) -> (PathBuf, PathBuf, PathBuf) {
@@ -249,113 +193,4 @@ fn kill_9_at_any_point_keeps_the_content_and_a_rerun_completes() {
         killed >= 6,
         "only {killed} merges were still running when killed"
     );
-}
-
-/// Bytes the filesystem under `dir` has in use (`df`).
-fn used_bytes(dir: &Path) -> u64 {
-    let o = Command::new("df")
-        .args(["--output=used", "-B1", p(dir)])
-        .output()
-        .unwrap();
-    let s = String::from_utf8_lossy(&o.stdout);
-    s.lines().nth(1).unwrap().trim().parse().unwrap()
-}
-
-/// A tmpfs of `mib` MiB mounted on a new folder (None, with the reason, when
-/// this is not root or mounting fails); unmounted on drop.
-struct SmallFs(tempfile::TempDir);
-
-impl SmallFs {
-    fn mount(mib: u64) -> Result<SmallFs, String> {
-        if !Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-        {
-            return Err("not root (mounting a small tmpfs needs it)".into());
-        }
-        let d = tempfile::tempdir().unwrap();
-        let o = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={mib}m"),
-                "tmpfs",
-                p(d.path()),
-            ])
-            .output()
-            .map_err(|e| format!("mount: {e}"))?;
-        if !o.status.success() {
-            return Err(format!("mount: {}", String::from_utf8_lossy(&o.stderr)));
-        }
-        Ok(SmallFs(d))
-    }
-    fn path(&self) -> &Path {
-        self.0.path()
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0.path()).status();
-    }
-}
-
-/// A merge that runs out of space (a small tmpfs) fails with the file,
-/// offset and cause, the chain reads as before, and the space the merge
-/// had taken is given back: the filesystem is as full as before the merge.
-/// Down (the child's data into the base) and up (a parent's into its
-/// child, whose own content must not change).
-#[test]
-fn merge_on_a_full_disk_fails_cleanly_and_gives_the_space_back() {
-    let side = scratch();
-    let s = side.path();
-    for up in [false, true] {
-        let fs = match SmallFs::mount(if up { 84 } else { 64 }) {
-            Ok(fs) => fs,
-            Err(why) => {
-                println!("SKIP: {why}");
-                return;
-            }
-        };
-        let d = fs.path();
-        let base = d.join("base.vhdx");
-        ok(hvkit(&["create", p(&base), "--size", "256M"]));
-        write(&base, s, 0, &noise(11, if up { 4 } else { 8 } * MIB));
-        let mut parent = base.clone();
-        if up {
-            let mid = d.join("mid.avhdx");
-            ok(hvkit(&["create", p(&mid), "--parent", p(&base)]));
-            write(&mid, s, 0, &noise(12, 20 * MIB));
-            parent = mid;
-        }
-        let child = d.join("c.avhdx");
-        ok(hvkit(&["create", p(&child), "--parent", p(&parent)]));
-        write(&child, s, 100 * MIB, &noise(13, 40 * MIB));
-        let want = flatten(&child, &s.join("want.raw"));
-        let used = used_bytes(d);
-        let o = hvkit(&["merge", p(&child), "--json"]);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(1), "up {up}: {err}");
-        let written = if up { &child } else { &base };
-        assert!(
-            err.contains(&format!("{}: I/O error at offset", written.display()))
-                && err.contains("No space left on device")
-                && err.contains("the chain still reads as before"),
-            "up {up}: {err}"
-        );
-        assert!(child.exists() && parent.exists(), "up {up}");
-        assert_eq!(flatten(&child, &s.join("got.raw")), want, "up {up}");
-        if up {
-            // The parent a merge upward reads from is untouched too.
-            ok(hvkit(&["check", p(&parent)]));
-        }
-        ok(hvkit(&["check", p(written)]));
-        let after = used_bytes(d);
-        assert!(
-            after <= used + MIB as u64,
-            "up {up}: {after} bytes in use after the failed merge, {used} before"
-        );
-    }
 }
