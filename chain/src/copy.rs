@@ -123,12 +123,7 @@ impl Copier {
 }
 
 pub(crate) fn vhdx_io(f: &VhdxFile, offset: u64, source: std::io::Error) -> crate::error::Error {
-    vhdx::Error::Io {
-        path: f.path().to_string(),
-        offset,
-        source,
-    }
-    .into()
+    vhdx::Error::io(f.path(), offset, source).into()
 }
 
 /// Copies `len` bytes between plain files in pieces of

@@ -138,6 +138,9 @@ fn to_raw(a: &Args) -> CliResult {
     let disk = a.chain.open(&a.src)?;
     let layers: Vec<&Path> = disk.layers().iter().map(|l| l.path.as_path()).collect();
     check_not_source(&a.dst, &layers)?;
+    // An output this command creates is removed again if the conversion
+    // fails (an existing file or device is left as the failure left it).
+    let created = !a.dst.exists();
     let out = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -157,7 +160,13 @@ fn to_raw(a: &Args) -> CliResult {
         &a.dst.display().to_string(),
         opts,
         &mut |done| bar.set_position(done),
-    )?;
+    )
+    .inspect_err(|_| {
+        bar.finish_and_clear();
+        if created {
+            let _ = std::fs::remove_file(&a.dst);
+        }
+    })?;
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     if a.json {

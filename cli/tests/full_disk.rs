@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use std::path::Path;
 
 /// A merge that runs out of space (a small tmpfs) fails with the file,
 /// offset and cause, the chain reads as before, and the space the merge
@@ -114,5 +115,47 @@ fn write_on_a_full_disk_fails_cleanly_and_gives_the_space_back() {
             g == b || Some(g) == new,
             "MiB {i} is neither what it was nor the new data"
         );
+    }
+}
+
+/// `hvkit convert` onto a full filesystem, to raw (both copy paths) and to
+/// VHDX: it fails naming the output, the offset and the cause, and removes
+/// the partial output it had created.
+#[test]
+fn convert_onto_a_full_disk_fails_and_removes_its_output() {
+    let side = scratch();
+    let s = side.path();
+    let src = s.join("src.vhdx");
+    ok(hvkit(&["create", p(&src), "--size", "64M"]));
+    write(&src, s, 0, &noise(31, 48 * MIB));
+    let raw_src = s.join("src.raw");
+    flatten(&src, &raw_src);
+    let fs = match SmallFs::mount(20) {
+        Ok(fs) => fs,
+        Err(why) => {
+            println!("SKIP: {why}");
+            return;
+        }
+    };
+    let d = fs.path();
+    let cases: [(&Path, &str, &[&str]); 3] = [
+        (&src, "out.raw", &["-O", "raw"]),
+        (&src, "out.raw", &["-O", "raw", "--buffered"]),
+        (&raw_src, "out.vhdx", &["-O", "vhdx"]),
+    ];
+    for (from, name, how) in cases {
+        let out = d.join(name);
+        let mut args = vec!["convert", "-q", p(from), p(&out)];
+        args.extend_from_slice(how);
+        let o = hvkit(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{how:?}: {err}");
+        assert!(
+            err.contains(&format!("{}: I/O error at offset 0x", out.display()))
+                && err.contains("No space left on device")
+                && !err.contains("writing the output at offset"),
+            "{how:?}: {err}"
+        );
+        assert!(!out.exists(), "{how:?}: the partial output was left");
     }
 }

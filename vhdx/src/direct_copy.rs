@@ -90,6 +90,30 @@ struct Job {
 /// The first write error: output offset, kind and message.
 type Failure = Arc<Mutex<Option<(u64, std::io::ErrorKind, String)>>>;
 
+/// The writer's failure as the payload of the `io::Error` that `drain` and
+/// `finish` return: where in the output it happened, and the OS error's
+/// text. [`failure_offset`] finds it again.
+#[derive(Debug)]
+pub struct OutputWriteFailed {
+    pub offset: u64,
+    pub message: String,
+}
+
+impl std::fmt::Display for OutputWriteFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for OutputWriteFailed {}
+
+/// The output offset of a writer failure (None for other errors).
+pub fn failure_offset(e: &std::io::Error) -> Option<u64> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<OutputWriteFailed>())
+        .map(|f| f.offset)
+}
+
 /// A copy pipeline into one output file; see the module comment.
 pub struct DirectCopy<'scope> {
     jobs: Option<SyncSender<Job>>,
@@ -215,7 +239,10 @@ impl<'scope> DirectCopy<'scope> {
             None => Ok(()),
             Some((off, kind, msg)) => Err(std::io::Error::new(
                 *kind,
-                format!("writing the output at offset {off}: {msg}"),
+                OutputWriteFailed {
+                    offset: *off,
+                    message: msg.clone(),
+                },
             )),
         }
     }

@@ -72,10 +72,12 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn io(path: &str, offset: u64, source: io::Error) -> Self {
+    /// An I/O error at `offset` of `path` (or, for a failure of the
+    /// `O_DIRECT` writer, at the offset where the write failed).
+    pub fn io(path: &str, offset: u64, source: io::Error) -> Self {
         Error::Io {
             path: path.to_string(),
-            offset,
+            offset: crate::direct_copy::failure_offset(&source).unwrap_or(offset),
             source,
         }
     }
