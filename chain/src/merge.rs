@@ -122,7 +122,7 @@ pub fn merge(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<MergeStats> {
     let result = run_merge(files, plan, opts, progress);
-    if result.is_err() {
+    if matches!(result, Err(ref e) if !matches!(e, Error::Refused { .. })) {
         let written = match plan.direction {
             Direction::Up => &plan.layers[0],
             Direction::Down => &plan.layers[plan.layers.len() - 1],
@@ -490,15 +490,15 @@ fn fill_parent(
     stats: &mut MergeStats,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
-    // Space an earlier, cut-off attempt allocated and never committed goes
-    // back first: new blocks would otherwise land after it.
-    parent.release_tail(0)?;
     if parent.logical_sector_size() != child.logical_sector_size() {
         return Err(Error::refused(
             child_path,
             "its logical sector size differs from the parent's",
         ));
     }
+    // Space an earlier, cut-off attempt allocated and never committed goes
+    // back first: new blocks would otherwise land after it.
+    parent.release_tail(0)?;
     parent.pin_data_write_guid(new_guid)?;
     // The merged disk is the child's: its size (past which the child read
     // zeros whatever the parent held) and its identity.
