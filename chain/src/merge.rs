@@ -253,9 +253,7 @@ fn merge_step(
     drop(child);
     let child = files.open(child_path, false)?;
 
-    // 2. Copy into the parent under its new identity. On any error the
-    // parent's pending mappings are dropped, never committed: their bytes
-    // may not have been copied.
+    // 2. Copy into the parent under its new identity.
     let mut parent = files.open(parent_path, true)?;
     let filled = fill_parent(
         (child_path, &child),
@@ -266,13 +264,8 @@ fn merge_step(
         copier,
         stats,
         progress,
-    )
-    .and_then(|()| Ok(parent.close()?));
-    if let Err(e) = filled {
-        parent.abandon();
-        return Err(e);
-    }
-    drop(parent);
+    );
+    close_or_abandon(parent, filled)?;
     stats.layers_merged += 1;
 
     // 3. Children of the merged layer now hang off the parent.
@@ -477,6 +470,20 @@ fn zero_range(dst: &mut VhdxFile, guest: u64, len: u64, stats: &mut MergeStats) 
     Ok(())
 }
 
+/// Ends the writable open `f` after `result`, the work done through it:
+/// closed (committed) when that succeeded, abandoned when it failed, so
+/// that block mappings whose bytes may not have been copied are never
+/// committed (dropping a writable open would commit them).
+fn close_or_abandon(mut f: VhdxFile, result: Result<()>) -> Result<()> {
+    match result.and_then(|()| Ok(f.close()?)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            f.abandon();
+            Err(e)
+        }
+    }
+}
+
 /// Step 2 of [`merge_step`]: the parent takes the child's identity, size
 /// and data (committed when the caller closes it).
 #[allow(clippy::too_many_arguments)]
@@ -537,9 +544,7 @@ fn merge_up(
     let (child_path, parent_path) = (&plan.layers[0], &plan.layers[1]);
     let parent = files.open(parent_path, false)?;
     let mut child = files.open(child_path, true)?;
-    // On any error the child's pending mappings are dropped, never
-    // committed: the parent's bytes may not have been copied into them, and
-    // the child's content must not change.
+    // The child's content must not change: a failure commits nothing.
     let absorbed = absorb_parent(
         (child_path, &mut child),
         &parent,
@@ -548,13 +553,8 @@ fn merge_up(
         copier,
         stats,
         progress,
-    )
-    .and_then(|()| Ok(child.close()?));
-    if let Err(e) = absorbed {
-        child.abandon();
-        return Err(e);
-    }
-    drop(child);
+    );
+    close_or_abandon(child, absorbed)?;
     drop(parent);
     stats.layers_merged += 1;
     stats.children_repointed.push(child_path.clone());

@@ -17,12 +17,8 @@ fn merge_on_a_full_disk_fails_cleanly_and_gives_the_space_back() {
     let side = scratch();
     let s = side.path();
     for up in [false, true] {
-        let fs = match SmallFs::mount(if up { 84 } else { 64 }) {
-            Ok(fs) => fs,
-            Err(why) => {
-                println!("SKIP: {why}");
-                return;
-            }
+        let Some(fs) = SmallFs::mount_or_skip(if up { 84 } else { 64 }) else {
+            return;
         };
         let d = fs.path();
         let base = d.join("base.vhdx");
@@ -74,12 +70,8 @@ fn merge_on_a_full_disk_fails_cleanly_and_gives_the_space_back() {
 fn write_on_a_full_disk_fails_cleanly_and_gives_the_space_back() {
     let side = scratch();
     let s = side.path();
-    let fs = match SmallFs::mount(40) {
-        Ok(fs) => fs,
-        Err(why) => {
-            println!("SKIP: {why}");
-            return;
-        }
+    let Some(fs) = SmallFs::mount_or_skip(40) else {
+        return;
     };
     let d = fs.path();
     let base = d.join("base.vhdx");
@@ -130,12 +122,8 @@ fn convert_onto_a_full_disk_fails_and_removes_its_output() {
     write(&src, s, 0, &noise(31, 48 * MIB));
     let raw_src = s.join("src.raw");
     flatten(&src, &raw_src);
-    let fs = match SmallFs::mount(20) {
-        Ok(fs) => fs,
-        Err(why) => {
-            println!("SKIP: {why}");
-            return;
-        }
+    let Some(fs) = SmallFs::mount_or_skip(20) else {
+        return;
     };
     let d = fs.path();
     let cases: [(&Path, &str, &[&str]); 3] = [

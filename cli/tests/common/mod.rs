@@ -105,6 +105,12 @@ impl SmallFs {
         }
         Ok(SmallFs(d))
     }
+    /// [`SmallFs::mount`], or None after printing why the caller skips.
+    pub fn mount_or_skip(mib: u64) -> Option<SmallFs> {
+        SmallFs::mount(mib)
+            .inspect_err(|why| println!("SKIP: {why}"))
+            .ok()
+    }
     pub fn path(&self) -> &Path {
         self.0.path()
     }
