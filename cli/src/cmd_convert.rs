@@ -251,9 +251,14 @@ fn to_vhdx(a: &Args, src_is_vhdx: bool) -> CliResult {
         .map_err(|e| CliError::new(format!("{dst_name}: {e}"), 1))?;
     let bar = bytes_bar(size, a.quiet || a.json);
     let start = Instant::now();
-    let result = vhdx::import::to_vhdx(&*src, &src_name, out, &dst_name, &params, &mut |done| {
-        bar.set_position(done)
-    });
+    let result = vhdx::import::to_vhdx(
+        &*src,
+        &src_name,
+        Box::new(out),
+        &dst_name,
+        &params,
+        &mut |done| bar.set_position(done),
+    );
     bar.finish_and_clear();
     let stats = match result {
         Ok(s) => s,

@@ -361,7 +361,7 @@ fn file_id(p: &Path) -> Result<(u64, u64)> {
 
 /// Checks that `parent` may back `child`: identity (DataWriteGuid against
 /// parent_linkage/parent_linkage2) and logical sector size.
-fn check_parent(child: &VhdxFile, parent: &VhdxFile, force: bool) -> Result<()> {
+pub fn check_parent(child: &VhdxFile, parent: &VhdxFile, force: bool) -> Result<()> {
     if child.logical_sector_size() != parent.logical_sector_size() {
         return Err(Error::ParentIncompatible {
             child: child.path().to_string(),

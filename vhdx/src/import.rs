@@ -11,8 +11,8 @@ use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::image::{OpenOptions, Run, VhdxFile};
 use crate::raw::GuestImage;
+use crate::storage::Storage;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::PathBuf;
 
 /// Bytes copied per step.
@@ -28,7 +28,7 @@ pub struct ImportStats {
     pub zero_bytes: u64,
 }
 
-/// Writes a new VHDX file into `dst` (an empty file, named `dst_name` in
+/// Writes a new VHDX file into `dst` (empty storage, usually a new file, named `dst_name` in
 /// errors) holding the content of `src` (named `src_name` in errors).
 /// `params` gives the type, block and sector sizes and identity; its
 /// `virtual_size` is replaced by the source's size, which must be a non-zero
@@ -38,7 +38,7 @@ pub struct ImportStats {
 pub fn to_vhdx(
     src: &dyn GuestImage,
     src_name: &str,
-    dst: File,
+    dst: Box<dyn Storage>,
     dst_name: &str,
     params: &CreateParams,
     progress: &mut dyn FnMut(u64),
@@ -62,8 +62,8 @@ pub fn to_vhdx(
     }
     let mut p = params.clone();
     p.virtual_size = size;
-    create(&dst, dst_name, &p, &BTreeMap::new())?;
-    let file = VhdxFile::open(Box::new(dst), dst_name, OpenOptions::writable())?;
+    create(&*dst, dst_name, &p, &BTreeMap::new())?;
+    let file = VhdxFile::open(dst, dst_name, OpenOptions::writable())?;
     let mut disk = Disk::from_files(vec![(PathBuf::from(dst_name), file)], false)?;
 
     // Below a piece, the unit of allocation: pieces and blocks are powers
@@ -123,6 +123,7 @@ pub fn is_zero(b: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::ChainOptions;
+    use std::fs::File;
 
     #[test]
     fn zero_pieces_stay_unallocated() {
@@ -140,7 +141,10 @@ mod tests {
         let mut p = CreateParams::dynamic(0);
         p.block_size = 1 << 20;
         let mut last = 0;
-        let stats = to_vhdx(&src, "src.raw", f, "out.vhdx", &p, &mut |d| last = d).unwrap();
+        let stats = to_vhdx(&src, "src.raw", Box::new(f), "out.vhdx", &p, &mut |d| {
+            last = d
+        })
+        .unwrap();
         assert_eq!(last, size);
         assert_eq!(stats.data_bytes, 3 << 20);
         assert_eq!(stats.zero_bytes, 21 << 20);
@@ -162,7 +166,7 @@ mod tests {
         let e = to_vhdx(
             &src,
             "odd.raw",
-            f,
+            Box::new(f),
             "o.vhdx",
             &CreateParams::dynamic(0),
             &mut |_| {},

@@ -272,6 +272,21 @@ impl Store {
         }
     }
 
+    /// The tree with every file-object value read into memory, so it can
+    /// be changed and written elsewhere without this store. For files whose
+    /// values are small (configurations); a saved state's RamBlocks would
+    /// all be read.
+    pub fn resolved_tree(&self) -> Result<Tree> {
+        let mut t = self.tree.clone();
+        for id in t.walk() {
+            if matches!(t.key(id).value, Value::Blob(_)) {
+                let v = self.value(id)?;
+                t.key_mut(id).value = v;
+            }
+        }
+        Ok(t)
+    }
+
     /// A reader over a file-object value (streams; nothing is loaded whole).
     pub fn blob_reader(&self, blob: Blob) -> BlobReader<'_> {
         BlobReader {

@@ -333,6 +333,51 @@ impl Tree {
         out
     }
 
+    /// Sets the value of the one key at `path` (a leaf, replaced in place,
+    /// keeping its place among its siblings) or creates it, and the nodes
+    /// on the way, as the last child of its parent. A segment that names
+    /// several siblings takes the first of them. Returns the key.
+    pub fn set(&mut self, path: &str, value: Value) -> KeyId {
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let mut cur = Tree::ROOT;
+        for (i, seg) in segs.iter().enumerate() {
+            let last = i + 1 == segs.len();
+            cur = match self.child(cur, seg) {
+                Some(c) => c,
+                None => self.add(cur, seg, if last { value.clone() } else { Value::Node }),
+            };
+            if !last && self.keys[cur].value != Value::Node {
+                // A leaf in the way becomes a node (its value would hide
+                // the path otherwise).
+                self.keys[cur].value = Value::Node;
+            }
+        }
+        if cur != Tree::ROOT {
+            self.keys[cur].value = value;
+        }
+        cur
+    }
+
+    /// Takes `id` and everything under it out of the tree (the keys stay
+    /// allocated but no path, walk or write reaches them). The root
+    /// cannot be detached.
+    pub fn detach(&mut self, id: KeyId) {
+        if let Some(p) = self.keys[id].parent {
+            self.keys[p].children.retain(|&c| c != id);
+        }
+    }
+
+    /// Detaches the one key at `path`, if there is one; true when it did.
+    pub fn remove(&mut self, path: &str) -> bool {
+        match self.find_all(path).as_slice() {
+            [one] if *one != Tree::ROOT => {
+                self.detach(*one);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Builds a tree from keys with their parents already resolved
     /// (`keys[0]` must be the root); children are sorted by insertion.
     pub(crate) fn from_keys(mut keys: Vec<Key>) -> Tree {
@@ -404,6 +449,37 @@ mod tests {
         );
         assert_eq!(t.walk(), vec![c, a, b, n]);
         assert_eq!(t.key(n).insertion, 3);
+    }
+
+    #[test]
+    fn set_and_remove() {
+        let mut t = Tree::new();
+        let n = t.set("/configuration/properties/name", Value::String("a".into()));
+        assert_eq!(t.path(n), "/configuration/properties/name");
+        let v = t.set("/configuration/properties/version", Value::Int(1));
+        // Replacing keeps the key and its place.
+        assert_eq!(
+            t.set("/configuration/properties/name", Value::String("b".into())),
+            n
+        );
+        assert_eq!(
+            t.get("/configuration/properties/name"),
+            Some(&Value::String("b".into()))
+        );
+        let p = t.find_all("/configuration/properties")[0];
+        assert_eq!(t.children(p), &[n, v]);
+        assert!(t.remove("/configuration/properties/name"));
+        assert!(!t.remove("/configuration/properties/name"));
+        assert_eq!(t.get("/configuration/properties/name"), None);
+        assert_eq!(t.children(p), &[v]);
+        assert!(!t.walk().contains(&n));
+        // A leaf in the way of a deeper path becomes a node.
+        t.set("/configuration/properties/version/x", Value::Bool(true));
+        assert_eq!(t.key(v).value, Value::Node);
+        assert_eq!(
+            t.get("/configuration/properties/version/x"),
+            Some(&Value::Bool(true))
+        );
     }
 
     #[test]
