@@ -40,6 +40,7 @@ pub fn new_leaf(fs: &dyn FolderFs, l: &NewLeaf) -> Result<()> {
     p.logical_sector_size = md.logical_sector_size;
     p.physical_sector_size = md.physical_sector_size;
     p.virtual_disk_id = md.virtual_disk_id;
+    p.bitmaps_present = true;
     drop(pf);
     write_atomically(fs, &l.leaf, |storage, name| {
         vhdx::create::create(storage, name, &p, &BTreeMap::new())?;

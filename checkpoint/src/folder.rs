@@ -233,10 +233,9 @@ impl Reader {
     ) -> Result<Vec<Disk>> {
         let mut out = Vec::new();
         for DiskDrive { slot, pathname } in config.disk_drives() {
-            let Some(found) = layout::resolve_disk(&pathname, folder, &config.path).or_else(|| {
-                let s = substitute(Path::new(&pathname));
-                s.is_file().then_some(s)
-            }) else {
+            let Some(found) =
+                layout::resolve_disk_with(&pathname, folder, &config.path, substitute)
+            else {
                 self.fail(Error::corrupt(
                     &config.path,
                     format!("the disk of {slot}, {pathname}, is missing"),
@@ -449,7 +448,16 @@ impl Reader {
                 ));
             }
         }
-        self.check_disks(&checkpoints, &disks, current.as_deref())?;
+        // A down merge cut off after it re-pointed the disks above: those
+        // lie on the merge's target already, while the merged disk still
+        // reads the same content over it.
+        let merged_into: BTreeMap<PathBuf, PathBuf> = cleanup
+            .iter()
+            .flat_map(|c| c.merges.iter())
+            .filter(|m| m.direction == "down")
+            .map(|m| (m.child.clone(), m.parent.clone()))
+            .collect();
+        self.check_disks(&checkpoints, &disks, current.as_deref(), &merged_into)?;
         Ok(VmFolder {
             folder,
             config_path,
@@ -476,6 +484,7 @@ impl Reader {
         checkpoints: &[Checkpoint],
         disks: &[Disk],
         current: Option<&str>,
+        merged_into: &BTreeMap<PathBuf, PathBuf>,
     ) -> Result<()> {
         let by_id: BTreeMap<&str, &Checkpoint> =
             checkpoints.iter().map(|c| (c.id.as_str(), c)).collect();
@@ -495,7 +504,11 @@ impl Reader {
                 let Some(pd) = parent.disks.iter().find(|x| x.slot == d.slot) else {
                     continue;
                 };
-                if pd.path == d.path || !d.chain.contains(&pd.path) {
+                let below = d.chain.contains(&pd.path)
+                    || merged_into
+                        .get(&pd.path)
+                        .is_some_and(|target| d.chain.contains(target));
+                if pd.path == d.path || !below {
                     let file = if file.as_os_str().is_empty() {
                         Path::new("(the VM configuration)")
                     } else {

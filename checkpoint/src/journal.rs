@@ -160,7 +160,12 @@ impl Cleanup {
     /// A disk path as the finished operation names it: `p`, or the layer
     /// it was merged down into once it is gone.
     pub fn substitute(&self, p: &Path) -> PathBuf {
-        let mut cur = p.to_path_buf();
+        let canon = p
+            .parent()
+            .and_then(|d| std::fs::canonicalize(d).ok())
+            .zip(p.file_name())
+            .map(|(d, n)| d.join(n));
+        let mut cur = canon.unwrap_or_else(|| p.to_path_buf());
         for _ in 0..=self.replaced.len() {
             if cur.exists() {
                 break;

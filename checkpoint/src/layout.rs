@@ -62,25 +62,35 @@ pub fn file_name_of(pathname: &str) -> &str {
 /// Where the image a drive names is on this machine. A drive's
 /// `pathname` is the host path where the configuration was written: an
 /// absolute Linux path for folders hvkit wrote, `C:\...` for Hyper-V's.
-/// Tried in order: the path itself (when absolute and present), then the
-/// file name in the folder's `Virtual Hard Disks/`, beside the
-/// configuration, in `../Virtual Hard Disks/` from the configuration's
-/// folder, and in the VM folder itself (dissect.target's order, plus the
-/// VM folder's own disk folder first).
+/// As dissect.target does, the file name is looked for first where the
+/// folder keeps its disks: in the folder's `Virtual Hard Disks/`, beside
+/// the configuration, in `../Virtual Hard Disks/` from the configuration's
+/// folder, and in the VM folder itself; then the path as written (an
+/// absolute path outside the folder). So a copied or moved folder uses its
+/// own files, never the original's.
 pub fn resolve_disk(pathname: &str, folder: &Path, config: &Path) -> Option<PathBuf> {
+    resolve_disk_with(pathname, folder, config, &|p| p.to_path_buf())
+}
+
+/// [`resolve_disk`], where `substitute` maps a candidate that is gone to
+/// the file holding its content now (a disk merged down into its parent
+/// during a cleanup); it is tried before the path as written.
+pub fn resolve_disk_with(
+    pathname: &str,
+    folder: &Path,
+    config: &Path,
+    substitute: &dyn Fn(&Path) -> PathBuf,
+) -> Option<PathBuf> {
     if pathname.is_empty() {
         return None;
-    }
-    let p = Path::new(pathname);
-    if p.is_absolute() && p.is_file() {
-        return Some(p.to_path_buf());
     }
     let name = file_name_of(pathname);
     if name.is_empty() || name == "." || name == ".." {
         return None;
     }
     let config_dir = config.parent().unwrap_or(Path::new("."));
-    [
+    let p = Path::new(pathname);
+    let local: Vec<PathBuf> = [
         folder.join(DISK_DIR),
         config_dir.to_path_buf(),
         config_dir.join("..").join(DISK_DIR),
@@ -88,7 +98,18 @@ pub fn resolve_disk(pathname: &str, folder: &Path, config: &Path) -> Option<Path
     ]
     .into_iter()
     .map(|d| d.join(name))
-    .find(|c| c.is_file())
+    .collect();
+    if let Some(c) = local.iter().find(|c| c.is_file()) {
+        return Some(c.clone());
+    }
+    let as_written = p.is_absolute().then(|| p.to_path_buf());
+    for c in local.iter().chain(as_written.iter()) {
+        let s = substitute(c);
+        if &s != c && s.is_file() {
+            return Some(s);
+        }
+    }
+    as_written.filter(|p| p.is_file())
 }
 
 /// Hyper-V's default checkpoint name: `<VM name> - (M/D/YYYY - h:mm:ss AM)`

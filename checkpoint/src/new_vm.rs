@@ -183,7 +183,6 @@ fn build(fs: &dyn FolderFs, dest: &Path, partial: &Path, spec: &VmSpec) -> Resul
         memory_mb: spec.memory_mb,
         processors: spec.processors,
         checkpoint_type: spec.checkpoint_type,
-        folder: dest,
         created,
         disks: &final_paths,
     });

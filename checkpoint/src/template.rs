@@ -4,7 +4,9 @@
 //! `manifest` of virtual devices, one node per device instance, and the
 //! disk controllers with their drives. Generation 1: an IDE controller
 //! (two channels, two drives each), then SCSI for more disks; generation
-//! 2: a synthetic SCSI controller.
+//! 2: a synthetic SCSI controller. No data root or checkpoint location is
+//! written (Hyper-V's samples have none either): the checkpoint files go to
+//! the folder's own `Snapshots/`, so a copied folder keeps working.
 
 use crate::keys;
 use std::path::Path;
@@ -23,8 +25,6 @@ pub struct Template<'a> {
     pub memory_mb: i64,
     pub processors: i64,
     pub checkpoint_type: CheckpointType,
-    /// The VM folder (data root and checkpoint location).
-    pub folder: &'a Path,
     /// Creation time, FILETIME ticks.
     pub created: u64,
     /// The disks, in drive order.
@@ -205,7 +205,6 @@ pub fn vm_tree(t: &Template) -> Tree {
         tr.set(k, Value::Bool(v));
     };
     let c = "/configuration";
-    let folder = t.folder.display().to_string();
     // properties
     s(&mut tr, keys::GLOBAL_ID, t.id);
     b(&mut tr, &format!("{c}/properties/highly_available"), false);
@@ -275,11 +274,9 @@ pub fn vm_tree(t: &Template) -> Tree {
         &format!("{g}/devices/generation_id"),
         &Uuid::new_v4().simple().to_string(),
     );
-    s(&mut tr, keys::DATA_ROOT, &folder);
     b(&mut tr, &format!("{g}/disk_merge_pending"), false);
     i(&mut tr, &format!("{g}/power/host_shutdown/action"), 1);
     i(&mut tr, &format!("{g}/power/host_startup/action"), 1);
-    s(&mut tr, keys::SNAPSHOT_DATA_ROOT, &folder);
     b(&mut tr, &format!("{g}/snapshots/enable_automatic"), false);
     i(&mut tr, &format!("{g}/snapshots/list/size"), 0);
     i(&mut tr, keys::CHECKPOINT_TYPE, t.checkpoint_type.value());
@@ -416,7 +413,6 @@ mod tests {
                 memory_mb: 2048,
                 processors: 2,
                 checkpoint_type: CheckpointType::Standard,
-                folder: Path::new("/v"),
                 created: 1,
                 disks: &disks,
             });

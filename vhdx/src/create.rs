@@ -269,6 +269,13 @@ pub struct CreateParams {
     pub creator: String,
     pub virtual_disk_id: Uuid,
     pub data_write_guid: Uuid,
+    /// A differencing disk gets an all-zero sector bitmap block for every
+    /// chunk (left sparse in the file). The format allows leaving them out
+    /// until a block is partially written, but libvhdi then reads the
+    /// "bitmap" of such a chunk from the start of the file and shows
+    /// garbage instead of the parent; with them, every reader sees an
+    /// empty child as its parent.
+    pub bitmaps_present: bool,
 }
 
 impl CreateParams {
@@ -284,6 +291,7 @@ impl CreateParams {
             creator: format!("hvkit {}", env!("CARGO_PKG_VERSION")),
             virtual_disk_id: Uuid::new_v4(),
             data_write_guid: Uuid::new_v4(),
+            bitmaps_present: false,
         }
     }
 
@@ -408,9 +416,18 @@ pub fn create(
         }
         bat[g.payload_entry(b)] = entry;
     }
+    if p.bitmaps_present && p.parent.is_some() {
+        for chunk in 0..g.chunks {
+            bitmaps
+                .entry(chunk)
+                .or_insert_with(|| vec![0u8; MIB as usize]);
+        }
+    }
     for (chunk, bits) in &bitmaps {
         bat[g.bitmap_entry(*chunk)] = bat_entry::make(bat_entry::SB_BLOCK_PRESENT, next);
-        w(bits, next)?;
+        if bits.iter().any(|&b| b != 0) {
+            w(bits, next)?;
+        }
         next += MIB;
     }
     if p.fixed {
