@@ -154,7 +154,10 @@ pub fn create(
                     let r = take_quiesced(fs, &f, &cp, &leaves, vm);
                     let thawed = vm.thaw();
                     r?;
-                    thawed.map_err(|why| Error::Live { step: "thaw", why })?;
+                    thawed.map_err(|why| Error::Live {
+                        step: "thaw",
+                        why: format!("{why} (checkpoint {} was taken and is complete)", cp.id),
+                    })?;
                     return Ok(outcome(&cp, false, None));
                 }
                 Ok(Quiesce::Refused(why)) => format!("the guest refused to quiesce: {why}"),
@@ -365,7 +368,8 @@ pub(crate) fn resume(
     commit(fs, f, cp, leaves)
 }
 
-/// Production: the guest has flushed and holds its writes.
+/// Production: the guest has flushed and holds its writes (the caller
+/// thaws it).
 fn take_quiesced(
     fs: &dyn FolderFs,
     f: &VmFolder,
@@ -373,10 +377,12 @@ fn take_quiesced(
     leaves: &[NewLeaf],
     vm: &mut dyn LiveVm,
 ) -> Result<()> {
-    take_live(fs, f, cp, leaves, vm)
+    take_live(fs, f, cp, leaves, vm, &mut |_| Ok(()))
 }
 
-/// Standard: pause, save, resume.
+/// Standard: pause, save, commit, resume. A VM that does not resume is
+/// still paused, so nothing was written to the new leaves: the checkpoint
+/// is undone.
 fn take_running(
     fs: &dyn FolderFs,
     f: &VmFolder,
@@ -386,21 +392,29 @@ fn take_running(
 ) -> Result<()> {
     vm.pause()
         .map_err(|why| Error::Live { step: "pause", why })?;
-    let r = take_live(fs, f, cp, leaves, vm);
-    let resumed = vm.resume();
-    r?;
-    resumed.map_err(|why| Error::Live {
-        step: "resume",
-        why,
-    })
+    let r = take_live(fs, f, cp, leaves, vm, &mut |vm| {
+        vm.resume().map_err(|why| Error::Live {
+            step: "resume",
+            why,
+        })
+    });
+    if r.is_err() {
+        // Running again on its old disks (a failed resume is reported
+        // with the first error).
+        let _ = vm.resume();
+    }
+    r
 }
 
+/// Records, makes, commits and runs `after_commit`; any failure undoes
+/// the checkpoint and puts the VM back on its old disks.
 fn take_live(
     fs: &dyn FolderFs,
     f: &VmFolder,
     cp: &NewCheckpoint,
     leaves: &[NewLeaf],
     vm: &mut dyn LiveVm,
+    after_commit: &mut dyn FnMut(&mut dyn LiveVm) -> Result<()>,
 ) -> Result<()> {
     let mut cfg = f.config.clone();
     write_vm(
@@ -413,7 +427,8 @@ fn take_live(
     )?;
     let r = (|| {
         make(fs, f, cp, leaves, Runtime::Live(&mut *vm))?;
-        commit(fs, f, cp, leaves)
+        commit(fs, f, cp, leaves)?;
+        after_commit(&mut *vm)
     })();
     if let Err(e) = r {
         // Back onto the old leaves (harmless when the switch never

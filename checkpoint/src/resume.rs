@@ -18,6 +18,7 @@ pub fn finish(
 ) -> Result<Option<Pending>> {
     let f = VmFolder::open(config)?;
     let Some(p) = f.pending.clone() else {
+        sweep_temporaries(fs, &f)?;
         return Ok(None);
     };
     match &p {
@@ -32,5 +33,45 @@ pub fn finish(
             cleanup::run(fs, config, progress)?;
         }
     }
+    sweep_temporaries(fs, &VmFolder::open(config)?)?;
     Ok(Some(p))
+}
+
+/// Removes what cut-off atomic writes left: `.NAME.hvkit-tmp` files in the
+/// folders this VM writes, and `.NAME.hvkit-new` runtime states no pending
+/// operation names. Called with the VM's lock held and no operation under
+/// way, when nothing can need them.
+fn sweep_temporaries(fs: &dyn FolderFs, f: &VmFolder) -> Result<()> {
+    if f.pending.is_some() {
+        return Ok(());
+    }
+    let mut dirs: Vec<std::path::PathBuf> = vec![
+        f.config_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf(),
+        f.snapshot_dir.clone(),
+    ];
+    for p in f.all_disk_files() {
+        if let Some(d) = p.parent() {
+            dirs.push(d.to_path_buf());
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    for d in dirs {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.')
+                && (name.ends_with(".hvkit-tmp") || name.ends_with(".hvkit-new"))
+                && e.path().is_file()
+            {
+                crate::fs::remove_if_exists(fs, &e.path())?;
+            }
+        }
+    }
+    Ok(())
 }

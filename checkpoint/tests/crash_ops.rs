@@ -12,58 +12,7 @@ mod common;
 use checkpoint::testing::FailingFs;
 use checkpoint::*;
 use common::*;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// A folder's state, independent of file names and ids: checkpoints by
-/// name with their parent's name, kind and disk hashes; the current
-/// position; the current disks' hashes; type and power state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct State {
-    checkpoints: BTreeMap<String, (Option<String>, Kind, bool, Vec<String>)>,
-    current: Option<String>,
-    disks: Vec<String>,
-    ctype: Option<CheckpointType>,
-    state: VmState,
-}
-
-fn state_of(dir: &Path) -> State {
-    let f = VmFolder::open(dir).unwrap_or_else(|e| panic!("open {}: {e}", dir.display()));
-    let name_of = |id: &str| f.checkpoint(id).unwrap().name.clone();
-    State {
-        checkpoints: f
-            .checkpoints
-            .iter()
-            .map(|c| {
-                (
-                    c.name.clone(),
-                    (
-                        c.parent.as_deref().map(name_of),
-                        c.kind,
-                        c.has_memory,
-                        c.disks.iter().map(|d| sha(&read_all(&d.path))).collect(),
-                    ),
-                )
-            })
-            .collect(),
-        current: f.current.as_deref().map(name_of),
-        disks: f.disks.iter().map(|d| sha(&read_all(&d.path))).collect(),
-        ctype: f.vm.checkpoint_type,
-        state: f.vm.state,
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg("--reflink=auto")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
 
 type Op = dyn Fn(&dyn FolderFs, &Path) -> Result<()>;
 

@@ -2,8 +2,9 @@
 //! reading their disks, listing a folder's files, the oracles.
 #![allow(dead_code)]
 
-use checkpoint::{DiskSpec, VmFolder, VmSpec};
+use checkpoint::{CheckpointType, DiskSpec, Kind, VmFolder, VmSpec, VmState};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -150,4 +151,53 @@ pub fn qemu_img() -> bool {
         println!("SKIP: qemu-img not installed");
     }
     ok
+}
+
+/// A folder's state, independent of file names and ids: checkpoints by
+/// name with their parent's name, kind and disk hashes; the current
+/// position; the current disks' hashes; type and power state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    pub checkpoints: BTreeMap<String, (Option<String>, Kind, bool, Vec<String>)>,
+    pub current: Option<String>,
+    pub disks: Vec<String>,
+    pub ctype: Option<CheckpointType>,
+    pub state: VmState,
+}
+
+pub fn state_of(dir: &Path) -> State {
+    let f = VmFolder::open(dir).unwrap_or_else(|e| panic!("open {}: {e}", dir.display()));
+    let name_of = |id: &str| f.checkpoint(id).unwrap().name.clone();
+    State {
+        checkpoints: f
+            .checkpoints
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    (
+                        c.parent.as_deref().map(name_of),
+                        c.kind,
+                        c.has_memory,
+                        c.disks.iter().map(|d| sha(&read_all(&d.path))).collect(),
+                    ),
+                )
+            })
+            .collect(),
+        current: f.current.as_deref().map(name_of),
+        disks: f.disks.iter().map(|d| sha(&read_all(&d.path))).collect(),
+        ctype: f.vm.checkpoint_type,
+        state: f.vm.state,
+    }
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg("--reflink=auto")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
 }
