@@ -476,9 +476,11 @@ impl Reader {
     }
 
     /// Each checkpoint's disks must lie on top of its parent's (the same
-    /// drive's frozen disk in their chain), and the current disks on top
-    /// of the current checkpoint's: otherwise a checkpoint names a disk
-    /// that is not part of this VM's tree.
+    /// drive's frozen disk is the nearest checkpoint disk in its chain),
+    /// the current disks on top of the current checkpoint's, and a root's
+    /// on top of no other checkpoint's: otherwise a checkpoint names a disk
+    /// that is not part of this VM's tree, or the tree keys contradict the
+    /// disks (two roots of one chain, a parent that is not the one below).
     fn check_disks(
         &mut self,
         checkpoints: &[Checkpoint],
@@ -488,42 +490,69 @@ impl Reader {
     ) -> Result<()> {
         let by_id: BTreeMap<&str, &Checkpoint> =
             checkpoints.iter().map(|c| (c.id.as_str(), c)).collect();
-        let mut pairs: Vec<(&Path, &[Disk], &Checkpoint)> = Vec::new();
-        for c in checkpoints {
-            if let Some(p) = c.parent.as_deref().and_then(|p| by_id.get(p)) {
-                pairs.push((&c.config_path, &c.disks, p));
-            }
-        }
-        let cur = current.and_then(|c| by_id.get(c));
-        let vm_cfg = PathBuf::new();
-        if let Some(p) = cur {
-            pairs.push((&vm_cfg, disks, p));
-        }
-        for (file, ds, parent) in pairs {
+        let owner: BTreeMap<&Path, &str> = checkpoints
+            .iter()
+            .flat_map(|c| {
+                c.disks
+                    .iter()
+                    .map(move |d| (d.path.as_path(), c.id.as_str()))
+            })
+            .collect();
+        let vm_cfg = PathBuf::from("(the VM configuration)");
+        let mut nodes: Vec<(&Path, &[Disk], Option<&Checkpoint>, &str)> = checkpoints
+            .iter()
+            .map(|c| {
+                (
+                    c.config_path.as_path(),
+                    c.disks.as_slice(),
+                    c.parent.as_deref().and_then(|p| by_id.get(p).copied()),
+                    c.id.as_str(),
+                )
+            })
+            .collect();
+        nodes.push((
+            &vm_cfg,
+            disks,
+            current.and_then(|c| by_id.get(c).copied()),
+            "the current state",
+        ));
+        for (file, ds, parent, who) in nodes {
             for d in ds {
-                let Some(pd) = parent.disks.iter().find(|x| x.slot == d.slot) else {
-                    continue;
-                };
-                let below = d.chain.contains(&pd.path)
-                    || merged_into
-                        .get(&pd.path)
-                        .is_some_and(|target| d.chain.contains(target));
-                if pd.path == d.path || !below {
-                    let file = if file.as_os_str().is_empty() {
-                        Path::new("(the VM configuration)")
-                    } else {
-                        file
-                    };
-                    self.fail(Error::corrupt(
-                        file,
+                let below = &d.chain[1..];
+                let first_owned = below.iter().find(|p| owner.contains_key(p.as_path()));
+                let problem = match parent.and_then(|p| p.disks.iter().find(|x| x.slot == d.slot).map(|pd| (p, pd))) {
+                    Some((p, pd)) => {
+                        let direct = first_owned == Some(&pd.path);
+                        let merging = merged_into.get(&pd.path).is_some_and(|target| {
+                            below
+                                .iter()
+                                .take_while(|x| *x != target)
+                                .all(|x| !owner.contains_key(x.as_path()))
+                                && below.contains(target)
+                        });
+                        (!direct && !merging).then(|| {
+                            format!(
+                                "the disk of {} of {who} is {}, which does not lie directly on top of {} (the disk of checkpoint {} it derives from): it is not this VM's checkpoint disk",
+                                d.slot,
+                                d.path.display(),
+                                pd.path.display(),
+                                p.id
+                            )
+                        })
+                    }
+                    None if parent.is_none() => first_owned.map(|o| {
                         format!(
-                            "the disk of {} is {}, which does not lie on top of {} (the disk of checkpoint {} it derives from): it is not this VM's checkpoint disk",
+                            "{who} has no parent checkpoint, but its disk of {} ({}) lies on top of {}, the disk of checkpoint {}: the tree has two roots where the disks have one",
                             d.slot,
                             d.path.display(),
-                            pd.path.display(),
-                            parent.id
-                        ),
-                    ))?;
+                            o.display(),
+                            owner[o.as_path()]
+                        )
+                    }),
+                    None => None,
+                };
+                if let Some(why) = problem {
+                    self.fail(Error::corrupt(file, why))?;
                 }
             }
         }

@@ -210,18 +210,43 @@ impl VmConfig {
             ..VmConfig::default()
         };
         v.checkpoint_type = v.checkpoint_type_raw.and_then(CheckpointType::from_value);
-        // Devices through the manifest: vdevNNN/{device, instance}.
-        for vdev in t
+        // Devices through the manifest: vdevNNN/{device, instance}; then
+        // device nodes the manifest does not list (2012 R2 manifests leave
+        // out the emulated IDE controller), by the IDE controller's GUID or
+        // a synthetic controller's ChannelInstanceGuid.
+        let top = t.find_all(c).first().copied().unwrap_or(Tree::ROOT);
+        let mut devices: Vec<(String, String)> = t
             .find_all(&format!("{c}/manifest"))
             .into_iter()
             .flat_map(|m| t.children(m).to_vec())
-        {
-            let device = child_string(t, vdev, "device").to_ascii_lowercase();
-            let instance = child_string(t, vdev, "instance").to_ascii_lowercase();
-            let node = t.child(
-                t.find_all(c).first().copied().unwrap_or(Tree::ROOT),
-                &format!("_{instance}_"),
-            );
+            .map(|vdev| {
+                (
+                    child_string(t, vdev, "device").to_ascii_lowercase(),
+                    child_string(t, vdev, "instance").to_ascii_lowercase(),
+                )
+            })
+            .collect();
+        for &k in t.children(top) {
+            let name = &t.key(k).name;
+            let Some(instance) = name.strip_prefix('_').and_then(|n| n.strip_suffix('_')) else {
+                continue;
+            };
+            let instance = instance.to_ascii_lowercase();
+            if devices.iter().any(|(_, i)| *i == instance) {
+                continue;
+            }
+            let has_drives = t
+                .children(k)
+                .iter()
+                .any(|&x| number_after(&t.key(x).name, "controller").is_some());
+            if instance == IDE_CONTROLLER && has_drives {
+                devices.push((IDE_CONTROLLER.into(), instance));
+            } else if has_drives && t.child(k, "ChannelInstanceGuid").is_some() {
+                devices.push((SCSI_CONTROLLER.into(), instance));
+            }
+        }
+        for (device, instance) in devices {
+            let node = t.child(top, &format!("_{instance}_"));
             let Some(node) = node else { continue };
             match device.as_str() {
                 IDE_CONTROLLER | SCSI_CONTROLLER => {
