@@ -2,6 +2,7 @@
 //! compare Hyper-V disk images.
 
 mod cmd_check;
+mod cmd_checkpoint;
 mod cmd_compare;
 mod cmd_convert;
 mod cmd_create;
@@ -11,17 +12,19 @@ mod cmd_info;
 mod cmd_merge;
 mod cmd_read;
 mod cmd_resize;
+mod cmd_vm;
 mod cmd_vmcx;
 mod cmd_vmrs;
 mod cmd_write;
 mod image_arg;
 mod progress;
+mod vm_view;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "hvkit", version, about = "Hyper-V disk images (VHDX/AVHDX) and configuration and state files (VMCX/VMRS) on any OS", long_about = None)]
+#[command(name = "hvkit", version, about = "Hyper-V VM folders, checkpoints, disk images (VHDX/AVHDX) and configuration and state files (VMCX/VMRS) on any OS", long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,7 +56,11 @@ enum Command {
     Vmcx(cmd_vmcx::Args),
     /// Guest memory and vCPU registers of saved states and standard checkpoints (.vmrs)
     Vmrs(cmd_vmrs::Args),
-    /// Build a base disk and three checkpoint differencing disks, show and verify them
+    /// Make a VM folder, show one (its disks and checkpoint tree), change its checkpoint type
+    Vm(cmd_vm::Args),
+    /// Take, list, apply, revert, rename, export and delete checkpoints of a VM folder
+    Checkpoint(cmd_checkpoint::Args),
+    /// The checkpoint story on a VM that is off, verified byte for byte
     Demo(cmd_demo::Args),
 }
 
@@ -72,6 +79,8 @@ fn main() -> ExitCode {
         Command::Compare(a) => cmd_compare::run(a),
         Command::Vmcx(a) => cmd_vmcx::run(a),
         Command::Vmrs(a) => cmd_vmrs::run(a),
+        Command::Vm(a) => cmd_vm::run(a),
+        Command::Checkpoint(a) => cmd_checkpoint::run(a),
         Command::Demo(a) => cmd_demo::run(a),
     };
     match result {
