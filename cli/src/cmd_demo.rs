@@ -1,30 +1,36 @@
-//! `hvkit demo`: builds a base disk and a chain of checkpoint-style
-//! differencing disks with known content, shows them, and verifies every
-//! guest byte through the chain, through `convert`, and with qemu-img, then
-//! merges the whole chain into the base and verifies the base.
+//! `hvkit demo`: the checkpoint story of the seeds on a VM that is off,
+//! verified byte for byte. A VM with a disk is made; data is written and
+//! checkpoints are taken before and after an "update"; a bad change is
+//! undone by applying the older checkpoint while saving the current state
+//! (a branch); a checkpoint is exported as a standalone VM; one is deleted
+//! (its disk merged) and then a whole subtree, until the VM is back on its
+//! base disk. After every step every checkpoint's disk and the current
+//! disk are compared with an in-memory model, and where installed qemu-img
+//! checks and compares the exported disk and dissect.hypervisor and
+//! pyvhdi read every file of the folder.
 
-use crate::cmd_info::{describe, print_text};
+use crate::vm_view::tree_lines;
 use crate::{CliError, CliResult};
+use checkpoint::{ApplyOptions, CreateOptions, DiskSpec, ExportOptions, OsFs, VmFolder, VmSpec};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
-use vhdx::create::{create, BlockContent, CreateParams, ParentLink};
-use vhdx::{ChainOptions, Disk, OpenOptions, VhdxFile};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Folder to build the disks in (default: a temporary folder, removed afterwards)
+    /// Folder to work in (default: a temporary folder, removed afterwards)
     dir: Option<PathBuf>,
 }
 
-const MIB: usize = 1 << 20;
-const SIZE: usize = 1 << 30;
+const MIB: u64 = 1 << 20;
+const SIZE: u64 = 1 << 30;
+const PIECE: usize = 4 << 20;
 
-/// Deterministic, incompressible bytes for a (layer, block) pair.
-fn fill(seed: u64, buf: &mut [u8]) {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for chunk in buf.chunks_mut(8) {
+/// Deterministic, incompressible bytes of a write, by position.
+fn fill(seed: u64, pos: u64, buf: &mut [u8]) {
+    for (i, chunk) in buf.chunks_mut(8).enumerate() {
+        let mut x = (seed ^ (pos / 8 + i as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
@@ -32,71 +38,26 @@ fn fill(seed: u64, buf: &mut [u8]) {
     }
 }
 
-struct Layer {
-    name: &'static str,
-    blocks: BTreeMap<u64, BlockContent>,
+/// A disk's content as the writes made to it, in order.
+#[derive(Clone, Default)]
+struct Model {
+    writes: Vec<(u64, u64, u64)>,
 }
 
-/// The three checkpoints: overlapping full blocks, partial blocks (sector
-/// runs that cross block bits), a discarded (ZERO) block and an unmapped one.
-fn checkpoints(block: usize) -> Vec<Layer> {
-    let sectors = block / 512;
-    let mut out = Vec::new();
-    for (i, name) in [
-        "checkpoint1.avhdx",
-        "checkpoint2.avhdx",
-        "checkpoint3.avhdx",
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let mut blocks = BTreeMap::new();
-        let seed = (i as u64 + 1) << 32;
-        // Full blocks, overlapping between layers.
-        for b in [3 + i as u64, 20, 100 + 7 * i as u64, 511] {
-            let mut d = vec![0u8; block];
-            fill(seed | b, &mut d);
-            blocks.insert(b, BlockContent::Full(d));
-        }
-        // Partial blocks: a few sector runs.
-        for b in [2u64, 21, 300 + i as u64] {
-            let mut d = vec![0u8; block];
-            fill(seed | b | 1 << 20, &mut d);
-            let present = (0..sectors)
-                .map(|s| (s + 37 * i) % 97 < 13 || s == sectors - 1)
-                .collect();
-            blocks.insert(b, BlockContent::Partial { data: d, present });
-        }
-        match i {
-            1 => {
-                blocks.insert(40, BlockContent::Zero); // a discard over base data
+impl Model {
+    fn expect(&self, off: u64, buf: &mut [u8]) {
+        buf.fill(0);
+        let end = off + buf.len() as u64;
+        for &(at, len, seed) in &self.writes {
+            let (s, e) = (at.max(off), (at + len).min(end));
+            if s < e {
+                // Bytes of a write depend on their 8-byte-aligned position.
+                let a = s & !7;
+                let mut tmp = vec![0u8; (e - a) as usize];
+                fill(seed, a, &mut tmp);
+                buf[(s - off) as usize..(e - off) as usize]
+                    .copy_from_slice(&tmp[(s - a) as usize..]);
             }
-            2 => {
-                blocks.insert(41, BlockContent::Unmapped);
-                blocks.remove(&20); // checkpoint 3 leaves block 20 to checkpoint 2
-            }
-            _ => {}
-        }
-        out.push(Layer { name, blocks });
-    }
-    out
-}
-
-fn apply(model: &mut [u8], block: usize, blocks: &BTreeMap<u64, BlockContent>) {
-    for (&b, c) in blocks {
-        let at = b as usize * block;
-        let dst = &mut model[at..at + block];
-        match c {
-            BlockContent::Full(d) => dst.copy_from_slice(d),
-            BlockContent::Partial { data, present } => {
-                for (s, &on) in present.iter().enumerate() {
-                    if on {
-                        dst[s * 512..(s + 1) * 512].copy_from_slice(&data[s * 512..(s + 1) * 512]);
-                    }
-                }
-            }
-            BlockContent::Zero | BlockContent::Unmapped | BlockContent::Undefined => dst.fill(0),
-            BlockContent::NotPresent => {}
         }
     }
 }
@@ -105,250 +66,477 @@ fn err(e: impl std::fmt::Display) -> CliError {
     CliError::new(e.to_string(), 1)
 }
 
-fn make(
-    path: &Path,
-    p: &CreateParams,
-    blocks: &BTreeMap<u64, BlockContent>,
-) -> Result<(), CliError> {
-    let f = std::fs::File::create(path)
-        .map_err(|e| CliError::new(format!("{}: {e}", path.display()), 1))?;
-    create(&f, &path.display().to_string(), p, blocks)?;
+/// Writes `len` bytes of `seed` at `off` of the disk file `leaf`.
+fn write(leaf: &Path, model: &mut Model, off: u64, len: u64, seed: u64) -> Result<(), CliError> {
+    let mut d = vhdx::Disk::open_writable(leaf, &vhdx::ChainOptions::default())?;
+    let mut buf = vec![0u8; PIECE];
+    let mut at = off;
+    while at < off + len {
+        let n = (PIECE as u64).min(off + len - at) as usize;
+        let a = at & !7;
+        let mut tmp = vec![0u8; n + (at - a) as usize];
+        fill(seed, a, &mut tmp);
+        buf[..n].copy_from_slice(&tmp[(at - a) as usize..]);
+        d.write_at(&buf[..n], at)?;
+        at += n as u64;
+    }
+    d.close()?;
+    model.writes.push((off, len, seed));
     Ok(())
 }
 
-fn verify(disk: &Disk, model: &[u8]) -> Result<f64, CliError> {
-    let start = Instant::now();
-    let mut buf = vec![0u8; 4 * MIB];
-    for off in (0..model.len()).step_by(buf.len()) {
-        disk.read_at(&mut buf, off as u64)?;
-        if buf != model[off..off + buf.len()] {
-            let i = buf
+/// Compares every byte of `disk` (through its chain) with `model`.
+fn verify(disk: &Path, model: &Model, what: &str) -> Result<u64, CliError> {
+    let d = chain::ChainDisk::open(disk, &vhdx::ChainOptions::default())?;
+    let mut got = vec![0u8; PIECE];
+    let mut want = vec![0u8; PIECE];
+    let mut off = 0;
+    while off < d.virtual_size() {
+        let n = PIECE.min((d.virtual_size() - off) as usize);
+        d.read_at(&mut got[..n], off)?;
+        model.expect(off, &mut want[..n]);
+        if got[..n] != want[..n] {
+            let i = got[..n]
                 .iter()
-                .zip(&model[off..])
+                .zip(&want[..n])
                 .position(|(a, b)| a != b)
                 .unwrap_or(0);
-            return Err(CliError::new(
-                format!("content differs from the model at offset {:#x}", off + i),
-                1,
-            ));
+            return Err(err(format!(
+                "{what}: {} differs from the model at offset {:#x}",
+                disk.display(),
+                off + i as u64
+            )));
+        }
+        off += n as u64;
+    }
+    Ok(off)
+}
+
+/// The state of the story: the model of each checkpoint (by name) and of
+/// the current disk.
+struct Story {
+    dir: PathBuf,
+    checkpoints: BTreeMap<String, Model>,
+    current: Model,
+    bytes: u64,
+}
+
+impl Story {
+    fn folder(&self) -> Result<VmFolder, CliError> {
+        Ok(VmFolder::open(&self.dir)?)
+    }
+    fn leaf(&self) -> Result<PathBuf, CliError> {
+        Ok(self.folder()?.disks[0].path.clone())
+    }
+    /// Every checkpoint's disk and the current disk against the models.
+    fn check(&mut self, step: &str) -> Result<(), CliError> {
+        let f = self.folder()?;
+        let names: Vec<&str> = f.checkpoints.iter().map(|c| c.name.as_str()).collect();
+        let want: Vec<&str> = self.checkpoints.keys().map(String::as_str).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        if sorted != want {
+            return Err(err(format!(
+                "{step}: the tree holds {names:?}, the model {want:?}"
+            )));
+        }
+        for c in &f.checkpoints {
+            self.bytes += verify(
+                &c.disks[0].path,
+                &self.checkpoints[&c.name],
+                &format!("{step}: checkpoint {:?}", c.name),
+            )?;
+        }
+        self.bytes += verify(
+            &f.disks[0].path,
+            &self.current,
+            &format!("{step}: the current disk"),
+        )?;
+        println!(
+            "   verified: {} checkpoint disks and the current disk, every byte",
+            f.checkpoints.len()
+        );
+        Ok(())
+    }
+    fn show(&self) -> Result<(), CliError> {
+        let f = self.folder()?;
+        for l in tree_lines(&f) {
+            println!("   {l}");
+        }
+        let names: Vec<String> = f.disks[0]
+            .chain
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        println!("   disk chain: {}", names.join(" <- "));
+        Ok(())
+    }
+}
+
+fn step(n: &mut u32, what: &str) -> Instant {
+    *n += 1;
+    println!("\n{n}. {what}");
+    Instant::now()
+}
+
+fn took(t: Instant) {
+    println!("   ({:.1} ms)", t.elapsed().as_secs_f64() * 1e3);
+}
+
+/// The python with dissect.hypervisor and pyvhdi, if there is one.
+fn oracle_python() -> Option<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/folder_oracle.py");
+    if !script.is_file() {
+        return None;
+    }
+    let mut cands: Vec<PathBuf> = std::env::var_os("HVKIT_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    if let Some(h) = std::env::var_os("HOME") {
+        cands.push(Path::new(&h).join(".cache/hvkit-venv/bin/python"));
+    }
+    cands.push("python3".into());
+    cands.into_iter().find(|py| {
+        Command::new(py)
+            .args(["-c", "import dissect.hypervisor, pyvhdi"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// dissect.hypervisor opens every .vmcx/.vmrs of the folder and sees our
+/// tree keys; pyvhdi and dissect read every disk as we do.
+fn oracles(f: &VmFolder, py: &Path) -> Result<(), CliError> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/folder_oracle.py");
+    let mut configs = vec![
+        f.config_path.display().to_string(),
+        f.runtime_path.display().to_string(),
+    ];
+    for c in &f.checkpoints {
+        configs.push(c.config_path.display().to_string());
+        configs.push(c.runtime_path.display().to_string());
+    }
+    let disks: Vec<serde_json::Value> = f
+        .disks
+        .iter()
+        .chain(f.checkpoints.iter().flat_map(|c| c.disks.iter()))
+        .map(|d| serde_json::json!({"chain": d.chain.iter().map(|p| p.display().to_string()).collect::<Vec<_>>()}))
+        .collect();
+    let req = serde_json::json!({"configs": configs, "disks": disks});
+    let mut child = Command::new(py)
+        .arg(&script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(err)?;
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(req.to_string().as_bytes())
+        .map_err(err)?;
+    let out = child.wait_with_output().map_err(err)?;
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(err)?;
+    if let Some(e) = j.get("error") {
+        return Err(err(format!("the dissect/pyvhdi cross-check failed: {e}")));
+    }
+    for c in &f.checkpoints {
+        let v = &j["configs"][c.config_path.display().to_string()]["values"];
+        if v["/configuration/hvkit/checkpoint/name"].as_str() != Some(c.name.as_str())
+            || v["/configuration/hvkit/checkpoint/parent"].as_str()
+                != Some(c.parent.as_deref().unwrap_or(""))
+        {
+            return Err(err(format!(
+                "dissect.hypervisor reads checkpoint {} differently: {v}",
+                c.id
+            )));
         }
     }
-    Ok(start.elapsed().as_secs_f64())
-}
-
-fn rate(secs: f64) -> String {
-    format!(
-        "{secs:.2} s ({:.0} MiB/s)",
-        SIZE as f64 / MIB as f64 / secs.max(1e-9)
-    )
-}
-
-/// `qemu-img compare VHDX RAW`; false when qemu-img is not installed.
-fn qemu_compare(vhdx: &Path, raw: &Path) -> Result<bool, CliError> {
-    let name = |p: &Path| {
-        p.file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned()
-    };
-    match Command::new("qemu-img")
-        .arg("compare")
-        .args(["-f", "vhdx", "-F", "raw"])
-        .arg(vhdx)
-        .arg(raw)
-        .output()
+    for d in f
+        .disks
+        .iter()
+        .chain(f.checkpoints.iter().flat_map(|c| c.disks.iter()))
     {
-        Ok(o) if o.status.success() => {
-            println!(
-                "qemu-img compare {} {}: {}",
-                name(vhdx),
-                name(raw),
-                String::from_utf8_lossy(&o.stdout).trim()
-            );
-            Ok(true)
-        }
-        Ok(o) => Err(CliError::new(
-            format!(
-                "qemu-img compare {} {} disagrees: {}{}",
-                name(vhdx),
-                name(raw),
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            1,
-        )),
-        Err(_) => {
-            println!("qemu-img not installed: skipped the qemu-img cross-checks");
-            Ok(false)
+        let r = &j["disks"][d.chain[0].display().to_string()];
+        let ours = sha256(&d.path)?;
+        if r["pyvhdi"].as_str() != Some(ours.as_str())
+            || r["dissect"].as_str() != Some(ours.as_str())
+        {
+            return Err(err(format!(
+                "{}: pyvhdi reads SHA-256 {}, dissect {}, hvkit {ours}",
+                d.path.display(),
+                r["pyvhdi"],
+                r["dissect"]
+            )));
         }
     }
+    println!(
+        "   dissect.hypervisor opened {} configuration and state files and sees the same tree; pyvhdi and dissect read each of the {} disks as hvkit does (SHA-256)",
+        configs.len(),
+        disks.len()
+    );
+    Ok(())
+}
+
+/// SHA-256 of a disk's guest content.
+fn sha256(p: &Path) -> Result<String, CliError> {
+    use sha2::Digest;
+    let d = chain::ChainDisk::open(p, &vhdx::ChainOptions::default())?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; PIECE];
+    let mut off = 0;
+    while off < d.virtual_size() {
+        let n = PIECE.min((d.virtual_size() - off) as usize);
+        d.read_at(&mut buf[..n], off)?;
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn qemu(args: &[&str]) -> Option<Result<String, String>> {
+    let o = Command::new("qemu-img").args(args).output().ok()?;
+    let text = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    Some(if o.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("{text} {}", String::from_utf8_lossy(&o.stderr)))
+    })
 }
 
 pub fn run(a: Args) -> CliResult {
-    let tmp;
-    let dir = match &a.dir {
+    let t0 = Instant::now();
+    let (tmp, work) = match a.dir {
         Some(d) => {
-            std::fs::create_dir_all(d)
-                .map_err(|e| CliError::new(format!("{}: {e}", d.display()), 1))?;
-            d.clone()
+            std::fs::create_dir_all(&d).map_err(|e| err(format!("{}: {e}", d.display())))?;
+            (None, d)
         }
         None => {
-            tmp = tempfile::tempdir().map_err(err)?;
-            tmp.path().to_path_buf()
+            let t = tempfile::tempdir().map_err(err)?;
+            let p = t.path().to_path_buf();
+            (Some(t), p)
         }
     };
-    println!("== hvkit demo in {}", dir.display());
-    let t0 = Instant::now();
-
-    // Base: 1 GiB dynamic disk, 32 MiB blocks, 24 of 32 blocks written.
-    let base = dir.join("base.vhdx");
-    let bp = CreateParams::dynamic(SIZE as u64);
-    let bblock = bp.block_size as usize;
-    let mut model = vec![0u8; SIZE];
-    let mut blocks = BTreeMap::new();
-    for b in (0..32u64).filter(|b| b % 4 != 3) {
-        let mut d = vec![0u8; bblock];
-        fill(b, &mut d);
-        blocks.insert(b, BlockContent::Full(d));
-    }
-    apply(&mut model, bblock, &blocks);
-    make(&base, &bp, &blocks)?;
-    drop(blocks);
-    let base_model = model.clone();
-
-    // Three checkpoints, each a differencing disk of the one before.
-    let mut parent_guid = bp.data_write_guid;
-    let mut parent_name = "base.vhdx".to_string();
-    let mut leaf = base.clone();
-    for layer in checkpoints(2 * MIB) {
-        let mut link = ParentLink::relative(parent_guid, &parent_name);
-        link.paths.push((
-            "absolute_win32_path".into(),
-            format!("C:\\Hyper-V\\Virtual Hard Disks\\{parent_name}"),
-        ));
-        let p = CreateParams::differencing(SIZE as u64, link);
-        let path = dir.join(layer.name);
-        make(&path, &p, &layer.blocks)?;
-        apply(&mut model, p.block_size as usize, &layer.blocks);
-        parent_guid = p.data_write_guid;
-        parent_name = layer.name.to_string();
-        leaf = path;
-    }
+    let dir = work.join("web");
     println!(
-        "built base + 3 checkpoints in {:.2} s\n",
-        t0.elapsed().as_secs_f64()
+        "== hvkit demo: the checkpoint story of a VM that is off, in {}",
+        work.display()
     );
+    let py = oracle_python();
+    let mut n = 0;
 
-    for p in [
-        "base.vhdx",
-        "checkpoint1.avhdx",
-        "checkpoint2.avhdx",
-        "checkpoint3.avhdx",
-    ] {
-        let f = VhdxFile::open_path(dir.join(p), OpenOptions::read_only())?;
-        println!("-- hvkit info {p}");
-        print_text(&describe(&f));
-        println!();
-    }
-
-    let disk = Disk::open(&leaf, &ChainOptions::default())?;
+    let t = step(
+        &mut n,
+        "A new VM \"web\" with a 1 GiB disk (generation 2, production checkpoints)",
+    );
+    let mut spec = VmSpec::new("web");
+    spec.disks.push(DiskSpec::New { size: SIZE });
+    let f = VmFolder::create(&dir, &spec)?;
     println!(
-        "chain of {} layers opened from {}",
-        disk.layers().len(),
-        leaf.display()
+        "   {} ({}), {}",
+        f.config_path.display(),
+        f.vm.id,
+        f.disks[0].path.display()
     );
-    let secs = verify(&disk, &model)?;
-    println!(
-        "verified all 1 GiB read through the chain against the model: {}",
-        rate(secs)
+    took(t);
+    let mut s = Story {
+        dir: dir.clone(),
+        checkpoints: BTreeMap::new(),
+        current: Model::default(),
+        bytes: 0,
+    };
+
+    let t = step(&mut n, "The guest installs its system: 64 MiB written");
+    let leaf = s.leaf()?;
+    write(&leaf, &mut s.current, 0, 64 * MIB, 1)?;
+    took(t);
+
+    let take = |s: &mut Story, n: &mut u32, name: &str| -> Result<(), CliError> {
+        let t = step(n, &format!("Checkpoint \"{name}\""));
+        let c = checkpoint::create(
+            &OsFs,
+            &s.dir,
+            &CreateOptions {
+                name: Some(name.into()),
+                ..CreateOptions::default()
+            },
+            None,
+        )?;
+        took(t);
+        println!("   {} checkpoint {} (the VM is off: disks only); the disk was frozen and a new .avhdx took its place", c.kind.name(), c.id);
+        s.checkpoints.insert(name.to_string(), s.current.clone());
+        s.show()?;
+        s.check(name)
+    };
+    take(&mut s, &mut n, "Before update")?;
+
+    let t = step(
+        &mut n,
+        "An update: 32 MiB at 128 MiB, 1 MiB over the system",
     );
+    let leaf = s.leaf()?;
+    write(&leaf, &mut s.current, 128 * MIB, 32 * MIB, 2)?;
+    write(&leaf, &mut s.current, 8 * MIB, MIB, 3)?;
+    took(t);
+    take(&mut s, &mut n, "After update")?;
 
-    let raw = dir.join("flat.raw");
-    let out = std::fs::File::create(&raw).map_err(err)?;
-    let start = Instant::now();
-    let stats = vhdx::export::to_raw(&disk, &out, &raw.display().to_string(), false, &mut |_| {})?;
-    let secs = start.elapsed().as_secs_f64();
-    let flat = std::fs::read(&raw).map_err(err)?;
-    if flat != model {
-        return Err(CliError::new(
-            "convert -O raw output differs from the model",
-            1,
-        ));
-    }
-    println!(
-        "convert -O raw: {} data bytes copied, {} left sparse, {} — output verified",
-        stats.data_bytes,
-        stats.zero_bytes,
-        rate(secs)
+    let t = step(&mut n, "A bad change: 16 MiB overwritten at 0");
+    write(&s.leaf()?, &mut s.current, 0, 16 * MIB, 4)?;
+    took(t);
+
+    let t = step(
+        &mut n,
+        "Apply \"Before update\", saving the current state first (Take Checkpoint and Apply)",
     );
-
-    let base_raw = dir.join("base.raw");
-    std::fs::write(&base_raw, &base_model).map_err(err)?;
-    let qemu = qemu_compare(&base, &base_raw)?;
-    drop(disk);
-
-    // Delete the three checkpoints: merge every layer into the base.
-    let plan = chain::plan(
-        &leaf,
-        &chain::PlanOptions {
-            into: Some(base.clone()),
-            direction: chain::DirectionChoice::Down,
-            ..Default::default()
+    let a = checkpoint::apply(
+        &OsFs,
+        &dir,
+        "Before update",
+        &ApplyOptions {
+            save_current: true,
+            save_name: Some("Bad change".into()),
         },
     )?;
-    let stats = chain::merge(
-        &chain::OsFiles,
-        &plan,
-        &chain::MergeOptions::default(),
+    took(t);
+    println!(
+        "   applied; the VM is {}; the bad change is kept as checkpoint {}",
+        a.state.name(),
+        a.saved_as.clone().unwrap_or_default()
+    );
+    s.checkpoints.insert("Bad change".into(), s.current.clone());
+    s.current = s.checkpoints["Before update"].clone();
+    s.show()?;
+    s.check("apply")?;
+
+    let t = step(&mut n, "Another way: 8 MiB at 512 MiB");
+    write(&s.leaf()?, &mut s.current, 512 * MIB, 8 * MIB, 5)?;
+    took(t);
+    take(&mut s, &mut n, "Alternative")?;
+
+    let t = step(
+        &mut n,
+        "Export \"After update\" as a standalone VM (one flattened VHDX)",
+    );
+    let out = work.join("web-after-update");
+    let _ = std::fs::remove_dir_all(&out);
+    let ex = checkpoint::export(
+        &OsFs,
+        &dir,
+        "After update",
+        &out,
+        &ExportOptions::default(),
         &mut |_, _| {},
     )?;
-    let secs = stats.elapsed.as_secs_f64();
-    let moved = stats.bytes_copied + stats.bytes_reflinked;
+    took(t);
     println!(
-        "merge checkpoint3.avhdx --into base.vhdx: {} layers, {} bytes copied, {} reflinked, {} zeroed, {:.3} s ({:.0} MiB/s); removed {}",
-        stats.layers_merged,
-        stats.bytes_copied,
-        stats.bytes_reflinked,
-        stats.bytes_zeroed,
-        secs,
-        moved as f64 / MIB as f64 / secs.max(1e-9),
-        stats
-            .files_removed
-            .iter()
-            .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(", ")
+        "   {} (VM {}): {}",
+        ex.folder.display(),
+        ex.vm_id,
+        ex.disks[0].display()
     );
-    let merged = Disk::open(&base, &ChainOptions::default())?;
-    let secs = verify(&merged, &model)?;
-    println!(
-        "verified all 1 GiB of the merged base.vhdx against the model: {}",
-        rate(secs)
-    );
-    let report = vhdx::check::check_path(&base, false)?;
-    if report.is_corrupt() {
-        return Err(CliError::new(
-            format!("merged base.vhdx has problems: {:?}", report.problems),
-            1,
-        ));
-    }
-    println!("hvkit check base.vhdx: no errors found");
-    if qemu {
-        qemu_compare(&base, &raw)?;
-        match Command::new("qemu-img").arg("check").arg(&base).output() {
-            Ok(o) if o.status.success() => println!(
-                "qemu-img check base.vhdx: {}",
-                String::from_utf8_lossy(&o.stdout).trim()
-            ),
-            Ok(o) => {
-                return Err(CliError::new(
-                    format!("qemu-img check: {}", String::from_utf8_lossy(&o.stdout)),
-                    1,
-                ))
-            }
-            Err(e) => return Err(err(e)),
+    s.bytes += verify(
+        &ex.disks[0],
+        &s.checkpoints["After update"],
+        "the exported disk",
+    )?;
+    println!("   verified: the exported disk holds exactly \"After update\"");
+    // qemu-img: check, and compare with the model written out raw.
+    let raw = work.join("after-update.raw");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::create(&raw).map_err(err)?;
+        f.set_len(SIZE).map_err(err)?;
+        let m = &s.checkpoints["After update"];
+        for &(at, len, _) in &m.writes {
+            let mut buf = vec![0u8; len as usize];
+            m.expect(at, &mut buf);
+            f.write_all_at(&buf, at).map_err(err)?;
         }
     }
-    println!("\ndemo passed in {:.2} s", t0.elapsed().as_secs_f64());
+    let ex_disk = ex.disks[0].display().to_string();
+    let raw_s = raw.display().to_string();
+    match qemu(&["check", "-f", "vhdx", &ex_disk]) {
+        None => println!("   qemu-img not installed: skipped qemu-img check and compare"),
+        Some(Ok(out)) => {
+            println!("   qemu-img check: {}", out.lines().next().unwrap_or(""));
+            match qemu(&["compare", "-f", "vhdx", "-F", "raw", &ex_disk, &raw_s]) {
+                Some(Ok(out)) => println!("   qemu-img compare with the model: {out}"),
+                Some(Err(e)) => return Err(err(format!("qemu-img compare: {e}"))),
+                None => {}
+            }
+        }
+        Some(Err(e)) => return Err(err(format!("qemu-img check: {e}"))),
+    }
+    let _ = std::fs::remove_file(&raw);
+
+    let t = step(
+        &mut n,
+        "Delete \"After update\" (its frozen disk is merged into the next layer)",
+    );
+    let d = checkpoint::delete(&OsFs, &dir, "After update", &mut |_, _| {})?;
+    took(t);
+    for (c, p, how) in &d.cleanup.merges {
+        let n = |x: &Path| {
+            x.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        };
+        match how.as_str() {
+            "down" => println!("   merged {} down into {}", n(c), n(p)),
+            _ => println!(
+                "   merged {} up into {}, which now builds on {}'s parent",
+                n(p),
+                n(c),
+                n(p)
+            ),
+        }
+    }
+    s.checkpoints.remove("After update");
+    s.show()?;
+    s.check("delete")?;
+    if let Some(py) = &py {
+        oracles(&s.folder()?, py)?;
+    }
+
+    let t = step(&mut n, "Delete the subtree of \"Before update\" (all checkpoints): the VM is back on its base disk");
+    let d = checkpoint::delete_subtree(&OsFs, &dir, "Before update", &mut |_, _| {})?;
+    took(t);
+    println!(
+        "   removed {} checkpoints, {} merges, {} bytes copied",
+        d.removed.len(),
+        d.cleanup.merges.len(),
+        d.cleanup.bytes_copied
+    );
+    s.checkpoints.clear();
+    s.show()?;
+    s.check("delete subtree")?;
+    let f = s.folder()?;
+    if f.disks[0].chain.len() != 1 {
+        return Err(err("the disk should be a single file again"));
+    }
+    let files = std::fs::read_dir(dir.join("Virtual Hard Disks"))
+        .map_err(err)?
+        .count();
+    println!("   Virtual Hard Disks/ holds {files} file; Snapshots/ is empty");
+    match &py {
+        Some(py) => oracles(&f, py)?,
+        None => println!(
+            "   dissect.hypervisor/pyvhdi not found (set HVKIT_PYTHON): skipped those cross-checks"
+        ),
+    }
+    drop(tmp);
+    println!(
+        "\ndemo passed in {:.2} s ({:.2} GiB verified)",
+        t0.elapsed().as_secs_f64(),
+        s.bytes as f64 / (1u64 << 30) as f64
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -424,3 +424,25 @@ fn kill_9_at_any_moment_reads_as_before_or_after_and_a_rerun_completes() {
         "only {killed} kills landed before the commands finished"
     );
 }
+
+#[test]
+fn the_demo_runs_the_story_and_passes() {
+    let t = scratch();
+    let out = ok(hvkit(&["demo", p(t.path())]));
+    assert!(out.contains("demo passed"), "{out}");
+    for step in [
+        "Take Checkpoint and Apply",
+        "Export",
+        "Delete the subtree",
+        "disk chain: web.vhdx",
+    ] {
+        assert!(out.contains(step), "no {step:?} in {out}");
+    }
+    if std::env::var_os("HVKIT_REQUIRE_ORACLES").is_some_and(|v| v == "1") {
+        assert!(
+            out.contains("qemu-img compare with the model: Images are identical"),
+            "{out}"
+        );
+        assert!(out.contains("dissect.hypervisor opened"), "{out}");
+    }
+}
