@@ -266,4 +266,5 @@ fn crash_during_vm_new() {
             .iter()
             .all(|p| !p.to_string_lossy().contains("hvkit-partial")));
     }
+    println!("vm new: {} crash points", counting.ops());
 }
