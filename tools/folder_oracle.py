@@ -29,6 +29,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import oracle  # noqa: E402  (the VHDX oracles: PyvhdiDisk, DissectDisk)
+import vmcx_oracle  # noqa: E402  (every key of a HyperVStorage file)
 
 WANTED_PREFIXES = ("/configuration/hvkit/",)
 WANTED = (
@@ -40,35 +41,11 @@ WANTED = (
 CHUNK = 4 << 20
 
 
-def config_rows(path):
-    from dissect.hypervisor.descriptor.hyperv import HyperVFile
-    from dissect.hypervisor.descriptor.c_hyperv import KeyDataType
-
-    with open(path, "rb") as fh:
-        f = HyperVFile(fh)
-        rows = []
-        for tables in f.key_tables.values():
-            for e in tables[0].entries:
-                if e.type == KeyDataType.Free:
-                    continue
-                parts = []
-                p = e
-                while p is not None:
-                    parts.append(p.key)
-                    p = p.parent
-                kp = "/" + "/".join(reversed(parts))
-                v = None if e.type == KeyDataType.Node else e.value
-                if isinstance(v, (bytes, memoryview)):
-                    v = bytes(v).hex()
-                rows.append((kp, v))
-    return rows
-
-
 def describe_config(path):
-    rows = config_rows(path)
+    rows = vmcx_oracle.rows(path)
     values = {}
     drives = []
-    for kp, v in rows:
+    for kp, _ty, v in rows:
         if kp.startswith(WANTED_PREFIXES) or kp in WANTED:
             if v is not None:
                 values[kp] = v

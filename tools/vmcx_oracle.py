@@ -21,37 +21,42 @@ import json
 import sys
 
 
+def rows(path):
+    """Every key of the HyperVStorage file at `path`: [path, type, value] rows, sorted."""
+    from dissect.hypervisor.descriptor.hyperv import HyperVFile
+    from dissect.hypervisor.descriptor.c_hyperv import KeyDataType
+
+    with open(path, "rb") as fh:
+        f = HyperVFile(fh)
+        out = []
+        for tables in f.key_tables.values():
+            for e in tables[0].entries:
+                if e.type == KeyDataType.Free:
+                    continue
+                parts = []
+                p = e
+                while p is not None:
+                    parts.append(p.key)
+                    p = p.parent
+                kp = "/" + "/".join(reversed(parts))
+                ty = e.type.name.lower()
+                if e.type == KeyDataType.Node:
+                    v = None
+                else:
+                    v = e.value
+                    if isinstance(v, (bytes, memoryview)):
+                        v = bytes(v).hex()
+                out.append([kp, ty, v])
+    out.sort(key=lambda r: (r[0], json.dumps(r[2])))
+    return out
+
+
 def main():
     if len(sys.argv) != 2:
         print(json.dumps({"error": "usage: vmcx_oracle.py FILE"}))
         return 2
     try:
-        from dissect.hypervisor.descriptor.hyperv import HyperVFile
-        from dissect.hypervisor.descriptor.c_hyperv import KeyDataType
-
-        with open(sys.argv[1], "rb") as fh:
-            f = HyperVFile(fh)
-            out = []
-            for tables in f.key_tables.values():
-                for e in tables[0].entries:
-                    if e.type == KeyDataType.Free:
-                        continue
-                    parts = []
-                    p = e
-                    while p is not None:
-                        parts.append(p.key)
-                        p = p.parent
-                    path = "/" + "/".join(reversed(parts))
-                    ty = e.type.name.lower()
-                    if e.type == KeyDataType.Node:
-                        v = None
-                    else:
-                        v = e.value
-                        if isinstance(v, (bytes, memoryview)):
-                            v = bytes(v).hex()
-                    out.append([path, ty, v])
-        out.sort(key=lambda r: (r[0], json.dumps(r[2])))
-        print(json.dumps({"keys": out}))
+        print(json.dumps({"keys": rows(sys.argv[1])}))
         return 0
     except Exception as ex:  # noqa: BLE001 - report any failure as JSON
         print(json.dumps({"error": f"{type(ex).__name__}: {ex}"}))

@@ -27,7 +27,6 @@ use crate::model::{Kind, VmState};
 use crate::policy::{self, Plan, Refusal};
 use crate::resume;
 use std::path::{Path, PathBuf};
-use uuid::Uuid;
 use vmcx::Value;
 
 /// How to apply.
@@ -141,19 +140,7 @@ fn run(fs: &dyn FolderFs, path: &Path, what: Option<&str>, opts: &ApplyOptions) 
     } else {
         None
     };
-    let leaves: Vec<NewLeaf> = c
-        .disks
-        .iter()
-        .map(|d| {
-            let root = d.chain.last().unwrap_or(&d.path);
-            let dir = d.path.parent().unwrap_or(Path::new("/"));
-            NewLeaf {
-                slot: d.slot.clone(),
-                parent: d.path.clone(),
-                leaf: dir.join(layout::avhdx_name(root, Uuid::new_v4())),
-            }
-        })
-        .collect();
+    let leaves = files::new_leaves(&c.disks);
     let runtime = new_runtime_path(&f);
     let pending = Pending::Apply {
         target: target.clone(),
@@ -185,12 +172,7 @@ fn run(fs: &dyn FolderFs, path: &Path, what: Option<&str>, opts: &ApplyOptions) 
 /// `Virtual Machines/.<VMID>.vmrs.hvkit-new`: the runtime state the VM
 /// gets, until the commit's cleanup renames it into place.
 fn new_runtime_path(f: &VmFolder) -> PathBuf {
-    let name = f
-        .runtime_path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    f.runtime_path.with_file_name(format!(".{name}.hvkit-new"))
+    crate::fs::hidden_sibling(&f.runtime_path, "hvkit-new")
 }
 
 /// Everything after the record (repeatable: `resume.rs` calls it for a

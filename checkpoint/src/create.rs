@@ -35,7 +35,6 @@ use crate::policy::{self, Plan, Refusal};
 use crate::resume;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use uuid::Uuid;
 
 /// What to take.
 #[derive(Debug, Clone)]
@@ -134,7 +133,7 @@ pub fn create(
         parent: f.current.clone(),
         live: live.is_some(),
     };
-    let leaves = new_leaves(&f);
+    let leaves = files::new_leaves(&f.disks);
     match (plan, live) {
         (Plan::Refuse(r), _) => Err(refuse(r)),
         (Plan::Offline(kind), _) => {
@@ -200,21 +199,17 @@ fn outcome(cp: &NewCheckpoint, has_memory: bool, fell_back: Option<String>) -> C
     }
 }
 
-/// A new leaf for every disk: `<base name>_<GUID>.avhdx` beside the
-/// current leaf.
-pub(crate) fn new_leaves(f: &VmFolder) -> Vec<NewLeaf> {
-    f.disks
-        .iter()
-        .map(|d| {
-            let root = d.chain.last().unwrap_or(&d.path);
-            let dir = d.path.parent().unwrap_or(Path::new("/"));
-            NewLeaf {
-                slot: d.slot.clone(),
-                parent: d.path.clone(),
-                leaf: dir.join(layout::avhdx_name(root, Uuid::new_v4())),
-            }
-        })
-        .collect()
+/// Step 1: the VM configuration records the pending create.
+fn record(fs: &dyn FolderFs, f: &VmFolder, cp: &NewCheckpoint, leaves: &[NewLeaf]) -> Result<()> {
+    let mut vm = f.config.clone();
+    write_vm(
+        fs,
+        &mut vm,
+        Some(&Pending::Create {
+            checkpoint: cp.clone(),
+            leaves: leaves.to_vec(),
+        }),
+    )
 }
 
 /// The checkpoint's configuration file.
@@ -232,15 +227,7 @@ fn take(
     leaves: &[NewLeaf],
     runtime: Runtime,
 ) -> Result<()> {
-    let mut vm = f.config.clone();
-    write_vm(
-        fs,
-        &mut vm,
-        Some(&Pending::Create {
-            checkpoint: cp.clone(),
-            leaves: leaves.to_vec(),
-        }),
-    )?;
+    record(fs, f, cp, leaves)?;
     let r = (|| {
         make(fs, f, cp, leaves, runtime)?;
         commit(fs, f, cp, leaves)
@@ -416,15 +403,7 @@ fn take_live(
     vm: &mut dyn LiveVm,
     after_commit: &mut dyn FnMut(&mut dyn LiveVm) -> Result<()>,
 ) -> Result<()> {
-    let mut cfg = f.config.clone();
-    write_vm(
-        fs,
-        &mut cfg,
-        Some(&Pending::Create {
-            checkpoint: cp.clone(),
-            leaves: leaves.to_vec(),
-        }),
-    )?;
+    record(fs, f, cp, leaves)?;
     let r = (|| {
         make(fs, f, cp, leaves, Runtime::Live(&mut *vm))?;
         commit(fs, f, cp, leaves)?;

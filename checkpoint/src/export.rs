@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::files;
 use crate::folder::{find_config, VmFolder};
 use crate::fs::{
-    absolute_new, check_new_dir, copy_file, ensure_dir, parent_dir, partial_dir, remove_tree,
+    absolute_new, check_new_dir, copy_file, ensure_dir, partial_dir, publish_dir, remove_tree,
     FolderFs,
 };
 use crate::keys;
@@ -82,14 +82,7 @@ pub fn export(
             return Err(e);
         }
     };
-    if dest.is_dir() {
-        fs.remove_dir(&dest).map_err(|e| Error::io(&dest, e))?;
-    }
-    fs.rename(&partial, &dest)
-        .map_err(|e| Error::io(&dest, e))?;
-    if let Some(d) = parent_dir(&dest) {
-        fs.sync_dir(&d).map_err(|e| Error::io(&d, e))?;
-    }
+    publish_dir(fs, &partial, &dest)?;
     ex.folder = dest;
     Ok(ex)
 }

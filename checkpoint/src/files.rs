@@ -13,6 +13,23 @@ use vhdx::create::{CreateParams, ParentLink};
 use vhdx::{OpenOptions, VhdxFile};
 use vmcx::{Tree, Value};
 
+/// A new leaf over each of `disks`: `<base name>_<GUID>.avhdx` (named
+/// after the chain's base, upper-case GUID) beside the disk.
+pub fn new_leaves(disks: &[crate::model::Disk]) -> Vec<NewLeaf> {
+    disks
+        .iter()
+        .map(|d| {
+            let root = d.chain.last().unwrap_or(&d.path);
+            let dir = d.path.parent().unwrap_or(Path::new("/"));
+            NewLeaf {
+                slot: d.slot.clone(),
+                parent: d.path.clone(),
+                leaf: dir.join(crate::layout::avhdx_name(root, uuid::Uuid::new_v4())),
+            }
+        })
+        .collect()
+}
+
 /// Makes `leaf` a new, empty differencing disk over `parent` (Hyper-V's
 /// defaults: 2 MiB blocks, the parent's size, sector sizes and virtual
 /// disk id). A complete leaf left by a cut-off run (one whose locator

@@ -90,11 +90,17 @@ pub fn parent_dir(path: &Path) -> Option<PathBuf> {
 /// The temporary name `path` is written under before it is renamed into
 /// place: `.NAME.hvkit-tmp` beside it.
 pub fn temp_path(path: &Path) -> PathBuf {
+    hidden_sibling(path, "hvkit-tmp")
+}
+
+/// `.NAME.SUFFIX` beside `path`: where hvkit builds something before it
+/// is renamed into place (the leading dot keeps it out of listings).
+pub fn hidden_sibling(path: &Path, suffix: &str) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.hvkit-tmp"))
+    path.with_file_name(format!(".{name}.{suffix}"))
 }
 
 /// Writes a new file at `path` through `write` (which must flush what it
@@ -261,11 +267,20 @@ pub fn absolute_new(dir: &Path) -> Result<PathBuf> {
 /// The sibling folder a new folder is built in before it is renamed into
 /// place: `.NAME.hvkit-partial`.
 pub fn partial_dir(dir: &Path) -> PathBuf {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dir.with_file_name(format!(".{name}.hvkit-partial"))
+    hidden_sibling(dir, "hvkit-partial")
+}
+
+/// Puts the folder built at `partial` in place as `dest` (an empty `dest`
+/// is replaced) and syncs the parent: it appears whole or not at all.
+pub fn publish_dir(fs: &dyn FolderFs, partial: &Path, dest: &Path) -> Result<()> {
+    if dest.is_dir() {
+        fs.remove_dir(dest).map_err(|e| Error::io(dest, e))?;
+    }
+    fs.rename(partial, dest).map_err(|e| Error::io(dest, e))?;
+    if let Some(d) = parent_dir(dest) {
+        fs.sync_dir(&d).map_err(|e| Error::io(&d, e))?;
+    }
+    Ok(())
 }
 
 /// Refuses a destination that exists and is not an empty folder.

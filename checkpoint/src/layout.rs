@@ -115,10 +115,7 @@ pub fn resolve_disk_with(
 /// Hyper-V's default checkpoint name: `<VM name> - (M/D/YYYY - h:mm:ss AM)`
 /// at `filetime` (UTC).
 pub fn default_checkpoint_name(vm_name: &str, filetime: u64) -> String {
-    let secs = (filetime / 10_000_000) as i64 - 11_644_473_600;
-    let (y, m, d) = civil(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    let (h, mi, s) = (rem / 3600, rem / 60 % 60, rem % 60);
+    let (y, m, d, h, mi, s) = vmcx::model::filetime_civil(filetime);
     let (h12, ampm) = match h {
         0 => (12, "AM"),
         1..=11 => (h, "AM"),
@@ -126,19 +123,6 @@ pub fn default_checkpoint_name(vm_name: &str, filetime: u64) -> String {
         _ => (h - 12, "PM"),
     };
     format!("{vm_name} - ({m}/{d}/{y} - {h12}:{mi:02}:{s:02} {ampm})")
-}
-
-/// Civil date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// Now, as FILETIME ticks (100 ns since 1601-01-01 UTC).
@@ -151,15 +135,8 @@ pub fn now_filetime() -> u64 {
 
 /// FILETIME ticks as RFC 3339 UTC (`2026-12-07T23:45:58Z`).
 pub fn filetime_rfc3339(ft: u64) -> String {
-    let secs = (ft / 10_000_000) as i64 - 11_644_473_600;
-    let (y, m, d) = civil(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    let (y, m, d, h, mi, s) = vmcx::model::filetime_civil(ft);
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 
 #[cfg(test)]

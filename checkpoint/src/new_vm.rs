@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::files;
 use crate::folder::VmFolder;
 use crate::fs::{
-    absolute_new, check_new_dir, copy_file, ensure_dir, partial_dir, remove_tree, write_atomically,
-    FolderFs, OsFs,
+    absolute_new, check_new_dir, copy_file, ensure_dir, partial_dir, publish_dir, remove_tree,
+    write_atomically, FolderFs, OsFs,
 };
 use crate::layout::{self, DISK_DIR, SNAPSHOT_DIR, VM_DIR};
 use crate::template::{self, Template};
@@ -107,14 +107,7 @@ pub fn create_with(fs: &dyn FolderFs, path: &Path, spec: &VmSpec) -> Result<VmFo
         let _ = remove_tree(fs, &partial);
         return Err(e);
     }
-    if dest.is_dir() {
-        fs.remove_dir(&dest).map_err(|e| Error::io(&dest, e))?;
-    }
-    fs.rename(&partial, &dest)
-        .map_err(|e| Error::io(&dest, e))?;
-    if let Some(d) = crate::fs::parent_dir(&dest) {
-        fs.sync_dir(&d).map_err(|e| Error::io(&d, e))?;
-    }
+    publish_dir(fs, &partial, &dest)?;
     VmFolder::open(&dest)
 }
 

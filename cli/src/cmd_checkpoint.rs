@@ -82,12 +82,8 @@ state as a new checkpoint (Hyper-V's \"Take Checkpoint and Apply\").")]
 struct ApplyArgs {
     dir: PathBuf,
     checkpoint: String,
-    /// Save the current state as a checkpoint first
-    #[arg(long)]
-    save_current: bool,
-    /// The saved state's checkpoint name
-    #[arg(long, requires = "save_current")]
-    save_name: Option<String>,
+    #[command(flatten)]
+    save: SaveArgs,
     #[arg(long)]
     json: bool,
 }
@@ -95,14 +91,30 @@ struct ApplyArgs {
 #[derive(clap::Args, Debug)]
 struct RevertArgs {
     dir: PathBuf,
+    #[command(flatten)]
+    save: SaveArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+/// "Take Checkpoint and Apply".
+#[derive(clap::Args, Debug)]
+struct SaveArgs {
     /// Save the current state as a checkpoint first
     #[arg(long)]
     save_current: bool,
     /// The saved state's checkpoint name
     #[arg(long, requires = "save_current")]
     save_name: Option<String>,
-    #[arg(long)]
-    json: bool,
+}
+
+impl SaveArgs {
+    fn options(self) -> ApplyOptions {
+        ApplyOptions {
+            save_current: self.save_current,
+            save_name: self.save_name,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -225,42 +237,14 @@ pub fn run(a: Args) -> CliResult {
                 }
             }
         }
-        Sub::Apply(ApplyArgs {
-            dir,
-            checkpoint,
-            save_current,
-            save_name,
-            json,
-        }) => applied(
-            &dir,
-            checkpoint::apply(
-                &OsFs,
-                &dir,
-                &checkpoint,
-                &ApplyOptions {
-                    save_current,
-                    save_name,
-                },
-            )?,
-            json,
-        )?,
-        Sub::Revert(RevertArgs {
-            dir,
-            save_current,
-            save_name,
-            json,
-        }) => applied(
-            &dir,
-            checkpoint::revert(
-                &OsFs,
-                &dir,
-                &ApplyOptions {
-                    save_current,
-                    save_name,
-                },
-            )?,
-            json,
-        )?,
+        Sub::Apply(a) => {
+            let r = checkpoint::apply(&OsFs, &a.dir, &a.checkpoint, &a.save.options())?;
+            applied(&a.dir, r, a.json)?
+        }
+        Sub::Revert(a) => {
+            let r = checkpoint::revert(&OsFs, &a.dir, &a.save.options())?;
+            applied(&a.dir, r, a.json)?
+        }
         Sub::Rename(a) => {
             let id = checkpoint::rename(&OsFs, &a.dir, &a.checkpoint, &a.new_name)?;
             if a.json {

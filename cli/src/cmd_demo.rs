@@ -9,7 +9,7 @@
 //! checks and compares the exported disk and dissect.hypervisor and
 //! pyvhdi read every file of the folder.
 
-use crate::vm_view::tree_lines;
+use crate::vm_view::{chain_names, tree_lines};
 use crate::{CliError, CliResult};
 use checkpoint::{ApplyOptions, CreateOptions, DiskSpec, ExportOptions, OsFs, VmFolder, VmSpec};
 use std::collections::BTreeMap;
@@ -163,17 +163,7 @@ impl Story {
         for l in tree_lines(&f) {
             println!("   {l}");
         }
-        let names: Vec<String> = f.disks[0]
-            .chain
-            .iter()
-            .map(|p| {
-                p.file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
-        println!("   disk chain: {}", names.join(" <- "));
+        println!("   disk chain: {}", chain_names(&f.disks[0]));
         Ok(())
     }
 }

@@ -138,6 +138,20 @@ pub fn tree_lines(f: &VmFolder) -> Vec<String> {
     out
 }
 
+/// A disk's chain by file name, leaf first: `a.avhdx <- b.avhdx <- base.vhdx`.
+pub fn chain_names(d: &checkpoint::Disk) -> String {
+    d.chain
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect::<Vec<_>>()
+        .join(" <- ")
+}
+
 /// The text view of `vm info`.
 pub fn print_folder(f: &VmFolder) {
     println!("VM:                 {} ({})", f.vm.name, f.vm.id);
@@ -202,17 +216,7 @@ pub fn print_folder(f: &VmFolder) {
             d.path.display(),
             human(d.virtual_size)
         );
-        let names: Vec<String> = d
-            .chain
-            .iter()
-            .map(|p| {
-                p.file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
-        println!("  {:<10}chain: {}", "", names.join(" <- "));
+        println!("  {:<10}chain: {}", "", chain_names(d));
     }
     println!("checkpoints:        {}", f.checkpoints.len());
     for l in tree_lines(f) {

@@ -305,8 +305,9 @@ impl VmConfig {
     }
 }
 
-/// Creation time as `YYYY-MM-DD HH:MM:SS UTC`.
-pub fn filetime_to_string(ft: u64) -> String {
+/// A FILETIME (100 ns ticks since 1601-01-01 UTC) as its UTC calendar
+/// date and time: (year, month, day, hour, minute, second).
+pub fn filetime_civil(ft: u64) -> (i64, i64, i64, i64, i64, i64) {
     let secs = (ft / 10_000_000) as i64 - 11_644_473_600;
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
@@ -320,12 +321,13 @@ pub fn filetime_to_string(ft: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    (y, m, d, rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// Creation time as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn filetime_to_string(ft: u64) -> String {
+    let (y, m, d, h, mi, s) = filetime_civil(ft);
+    format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
 }
 
 /// Config version as `major.minor`.
