@@ -15,12 +15,11 @@
 //! - `apply/depth_D`: `checkpoint::apply` of the middle checkpoint
 //!   (number ceil(D / 2)), over and over on one copy (each apply replaces
 //!   the leaves the previous one made).
-//! - `small_files/N`: the bound the targets of create and apply are set
-//!   against (50 ms) aside, what their durable writes cost at the least:
-//!   N small files (4 KiB) each written atomically as the library writes
-//!   its files (a new temporary file, written, `fdatasync`, renamed into
-//!   place, the folder `fsync`ed); N = [`SMALL_FILES`], the files a create
-//!   writes.
+//! - `small_files/8`: a floor to read create and apply against (their
+//!   target is 50 ms): 8 small files (4 KiB), each written as the library
+//!   writes its files (a new temporary file, written, `fdatasync`,
+//!   renamed into place, the folder `fsync`ed; the library flushes each
+//!   file twice); 8 = [`SMALL_FILES`], the files a create writes.
 //! - `delete/depth_D`: `checkpoint::delete` of the newest checkpoint of a
 //!   fresh copy of a template that also holds 64 MiB per disk in the
 //!   newest checkpoint's frozen disks (at 1 GiB) and 64 MiB per disk in
@@ -29,14 +28,20 @@
 //!   direction is down (up would move the frozen disk's 64 MiB and more),
 //!   so it copies 4 × 64 MiB (checked in the setup against the delete's
 //!   own statistics).
-//! - `delete_peer/hvkit_merge/depth_D`: what `hvkit merge LEAF` runs
+//! - `delete/hvkit_merge/depth_D`, the peer, measured right after
+//!   `delete/depth_D`: what `hvkit merge LEAF` runs
 //!   (`chain::plan` with the default options, `chain::merge` through
 //!   `chain::OsFiles` with the default options) on each of the 4 current
 //!   leaves of an identical fresh copy: the same merges of the same bytes
 //!   (checked), without the checkpoint bookkeeping.
-//! - `delete_peer/copy_bound`: the same bytes copied with `std::fs::copy`
+//! - `delete/copy_bound`: the same bytes copied with `std::fs::copy`
 //!   (`copy_file_range`) from 4 raw 64 MiB files into 4 new files, each
 //!   `fsync`ed.
+//!
+//! Before criterion's delete benchmarks, the setup checks that the delete
+//! and the peer copy 4 × 64 MiB each and prints an interleaved measurement
+//! (copy bound, then delete and peer at every depth, [`ROUNDS`] rounds),
+//! which load from other processes on the machine hits alike.
 
 use checkpoint::{ApplyOptions, CreateOptions, DiskSpec, OsFs, VmFolder, VmSpec};
 use criterion::{
@@ -47,7 +52,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 const DISKS: usize = 4;
@@ -84,7 +89,7 @@ fn sync_fs(p: &Path) {
     run(Command::new("sync").arg("-f").arg(p));
 }
 
-/// Random bytes (never all zero), the same for a seed.
+/// Pseudo-random bytes, the same for a seed.
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut r = SplitMix64::new(seed);
     let mut v = Vec::with_capacity(len + 8);
@@ -332,12 +337,47 @@ fn bench_checkpoint(c: &mut Criterion) {
     }
     sync_fs(root);
 
+    let src = root.join("copy_src");
+    std::fs::create_dir(&src).unwrap();
+    let sources: Vec<PathBuf> = (0..DISKS)
+        .map(|i| {
+            let p = src.join(format!("disk{i}.raw"));
+            std::fs::write(&p, merged_data(i, 1)).unwrap();
+            p
+        })
+        .collect();
+    sync_fs(&src);
+    let copy_dir = || {
+        let dir = tempfile::tempdir_in(root).unwrap();
+        sync_fs(dir.path());
+        dir
+    };
+    let copy_bound = |dir: &Path| {
+        for (i, s) in sources.iter().enumerate() {
+            let to = dir.join(format!("disk{i}.raw"));
+            std::fs::copy(s, &to).unwrap();
+            File::open(&to).unwrap().sync_all().unwrap();
+        }
+    };
+
+    interleaved(&templates, root, ROUNDS, &copy_dir, &copy_bound);
+
     let mut g = c.benchmark_group("delete");
     g.sample_size(10);
     g.sampling_mode(SamplingMode::Flat);
     g.measurement_time(Duration::from_secs(8));
     g.warm_up_time(Duration::from_secs(1));
     g.throughput(Throughput::Bytes(want));
+    g.bench_function("copy_bound", |b| {
+        b.iter_batched(
+            copy_dir,
+            |dir| {
+                copy_bound(dir.path());
+                dir
+            },
+            BatchSize::PerIteration,
+        )
+    });
     for (d, template, ids) in &templates {
         let newest = ids.last().unwrap();
         g.bench_function(BenchmarkId::from_parameter(format!("depth_{d}")), |b| {
@@ -350,16 +390,6 @@ fn bench_checkpoint(c: &mut Criterion) {
                 BatchSize::PerIteration,
             )
         });
-    }
-    g.finish();
-
-    let mut g = c.benchmark_group("delete_peer");
-    g.sample_size(10);
-    g.sampling_mode(SamplingMode::Flat);
-    g.measurement_time(Duration::from_secs(8));
-    g.warm_up_time(Duration::from_secs(1));
-    g.throughput(Throughput::Bytes(want));
-    for (d, template, _) in &templates {
         g.bench_function(BenchmarkId::new("hvkit_merge", format!("depth_{d}")), |b| {
             b.iter_batched(
                 || {
@@ -375,35 +405,56 @@ fn bench_checkpoint(c: &mut Criterion) {
             )
         });
     }
-    let src = root.join("copy_src");
-    std::fs::create_dir(&src).unwrap();
-    let sources: Vec<PathBuf> = (0..DISKS)
-        .map(|i| {
-            let p = src.join(format!("disk{i}.raw"));
-            std::fs::write(&p, merged_data(i, 1)).unwrap();
-            p
-        })
-        .collect();
-    sync_fs(&src);
-    g.bench_function("copy_bound", |b| {
-        b.iter_batched(
-            || {
-                let dir = tempfile::tempdir_in(root).unwrap();
-                sync_fs(dir.path());
-                dir
-            },
-            |dir| {
-                for (i, s) in sources.iter().enumerate() {
-                    let to = dir.path().join(format!("disk{i}.raw"));
-                    std::fs::copy(s, &to).unwrap();
-                    File::open(&to).unwrap().sync_all().unwrap();
-                }
-                dir
-            },
-            BatchSize::PerIteration,
-        )
-    });
     g.finish();
+}
+
+/// Rounds of the interleaved measurement.
+const ROUNDS: usize = 5;
+
+/// Delete, its peer and the copy bound in turn (every depth in each
+/// round), so that load from other processes hits all of them alike;
+/// prints the fastest and the median of each.
+fn interleaved(
+    templates: &[(usize, PathBuf, Vec<String>)],
+    root: &Path,
+    rounds: usize,
+    copy_dir: &dyn Fn() -> TempDir,
+    copy_bound: &dyn Fn(&Path),
+) {
+    let mut times: Vec<(String, Vec<Duration>)> = Vec::new();
+    let mut record = |name: String, t: Duration| match times.iter_mut().find(|x| x.0 == name) {
+        Some(x) => x.1.push(t),
+        None => times.push((name, vec![t])),
+    };
+    for _ in 0..rounds {
+        let dir = copy_dir();
+        let t = Instant::now();
+        copy_bound(dir.path());
+        record("copy_bound".into(), t.elapsed());
+        drop(dir);
+        for (d, template, ids) in templates {
+            let w = fresh(template, root);
+            let t = Instant::now();
+            checkpoint::delete(&OsFs, &w.vm, ids.last().unwrap(), &mut |_, _| {}).unwrap();
+            record(format!("delete/depth_{d}"), t.elapsed());
+            drop(w);
+            let w = fresh(template, root);
+            let leaves = leaves_in(template, &w.vm);
+            let t = Instant::now();
+            merge_leaves(&leaves);
+            record(format!("hvkit_merge/depth_{d}"), t.elapsed());
+            drop(w);
+        }
+    }
+    eprintln!("checkpoint_ops: interleaved, {rounds} rounds, fastest / median:");
+    for (name, mut v) in times {
+        v.sort();
+        eprintln!(
+            "checkpoint_ops:   {name:<22} {:>8.1} / {:>8.1} ms",
+            v[0].as_secs_f64() * 1e3,
+            v[v.len() / 2].as_secs_f64() * 1e3
+        );
+    }
 }
 
 criterion_group!(benches, bench_checkpoint);
