@@ -17,15 +17,15 @@
 use crate::cleanup;
 use crate::error::{Error, Result};
 use crate::files::{self, checkpoint_config, write_vm};
-use crate::folder::{find_config, VmFolder};
+use crate::folder::VmFolder;
 use crate::fs::{copy_file, ensure_dir, FolderFs};
 use crate::journal::{Cleanup, NewCheckpoint, NewLeaf, Pending};
 use crate::keys;
 use crate::layout;
-use crate::lock::FolderLock;
 use crate::model::{Kind, VmState};
 use crate::policy::{self, Plan, Refusal};
 use crate::resume;
+use crate::session::Session;
 use std::path::{Path, PathBuf};
 use vmcx::Value;
 
@@ -62,15 +62,14 @@ pub fn revert(fs: &dyn FolderFs, path: &Path, opts: &ApplyOptions) -> Result<App
 }
 
 fn run(fs: &dyn FolderFs, path: &Path, what: Option<&str>, opts: &ApplyOptions) -> Result<Applied> {
-    let cfg = find_config(path)?;
-    let _lock = FolderLock::take(cfg.parent().unwrap_or(Path::new(".")))?;
-    let before = VmFolder::open(&cfg)?;
+    let (mut session, before) = Session::begin(path)?;
     // The target as the user means it, before finishing anything.
     let wanted = match what {
         Some(w) => before.find(w).map(|c| c.id.clone()).ok(),
         None => before.current.clone(),
     };
-    if let Some(p) = resume::finish(fs, &cfg, &mut |_, _| {})? {
+    let (done, f) = resume::finish(fs, &mut session, before, &mut |_, _| {})?;
+    if let Some(p) = done {
         let done_target = match &p {
             Pending::Apply {
                 target,
@@ -84,7 +83,6 @@ fn run(fs: &dyn FolderFs, path: &Path, what: Option<&str>, opts: &ApplyOptions) 
         };
         if let Some((t, saved_as)) = done_target {
             if wanted.as_ref() == Some(&t) {
-                let f = VmFolder::open(&cfg)?;
                 return Ok(Applied {
                     target: t,
                     saved_as,
@@ -94,7 +92,6 @@ fn run(fs: &dyn FolderFs, path: &Path, what: Option<&str>, opts: &ApplyOptions) 
             }
         }
     }
-    let f = VmFolder::open(&cfg)?;
     if f.legacy {
         return Err(files::refuse_legacy(&f.config_path));
     }
@@ -159,12 +156,23 @@ fn run(fs: &dyn FolderFs, path: &Path, what: Option<&str>, opts: &ApplyOptions) 
     else {
         unreachable!()
     };
-    finish(fs, &f, &target, leaves, save_current.as_ref(), runtime)?;
-    let after = VmFolder::open(&cfg)?;
+    finish(
+        fs,
+        &mut session,
+        &f,
+        &target,
+        leaves,
+        save_current.as_ref(),
+        runtime,
+    )?;
     Ok(Applied {
+        state: if c.has_memory {
+            VmState::Saved
+        } else {
+            VmState::Off
+        },
         target,
         saved_as: save_current.as_ref().map(|c| c.id.clone()),
-        state: after.vm.state,
         resumed: false,
     })
 }
@@ -179,6 +187,7 @@ fn new_runtime_path(f: &VmFolder) -> PathBuf {
 /// cut-off apply). `f` is the folder as it was before.
 pub(crate) fn finish(
     fs: &dyn FolderFs,
+    session: &mut Session,
     f: &VmFolder,
     target: &str,
     leaves: &[NewLeaf],
@@ -194,6 +203,8 @@ pub(crate) fn finish(
     for l in leaves {
         files::new_leaf(fs, l)?;
     }
+    let made: Vec<&Path> = leaves.iter().map(|l| l.leaf.as_path()).collect();
+    crate::fs::sync_dirs(fs, &made)?;
     if let Some(s) = save_current {
         ensure_dir(fs, &f.snapshot_dir)?;
         let cfg_path = layout::checkpoint_config(&f.snapshot_dir, &s.id);
@@ -248,6 +259,6 @@ pub(crate) fn finish(
         ..Cleanup::default()
     };
     write_vm(fs, &mut vm, Some(&Pending::Cleanup(cleanup)))?;
-    cleanup::run(fs, &f.config_path, &mut |_, _| {})?;
+    cleanup::run(fs, session, &mut |_, _| {})?;
     Ok(())
 }

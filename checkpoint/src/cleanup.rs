@@ -21,11 +21,12 @@ use crate::disks::DiskCache;
 use crate::error::{Error, Result};
 use crate::files::write_vm;
 use crate::folder::VmFolder;
-use crate::fs::{parent_dir, remove_if_exists, FolderFs, MergeFiles};
+use crate::fs::{parent_dir, remove_if_exists, sync_dirs, FolderFs, MergeFiles};
 use crate::journal::{Cleanup, MergeRecord, Pending};
 use crate::keys;
 use crate::layout;
-use std::collections::{BTreeMap, BTreeSet};
+use crate::session::Session;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// What a cleanup did.
@@ -41,20 +42,15 @@ pub struct CleanupStats {
     pub files_removed: Vec<PathBuf>,
 }
 
-enum Action {
-    Remove(PathBuf),
-    Merge(MergeRecord),
-}
-
-/// Runs the pending cleanup of the VM whose configuration is `config`;
-/// nothing when there is none. `progress(done, total)` gets merge bytes.
-pub fn run(
+/// Runs the pending cleanup of the VM `session` holds; nothing when there
+/// is none. `progress(done, total)` gets merge bytes.
+pub(crate) fn run(
     fs: &dyn FolderFs,
-    config: &Path,
+    session: &mut Session,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<CleanupStats> {
     let mut stats = CleanupStats::default();
-    let f = VmFolder::open(config)?;
+    let f = session.open()?;
     let Some(Pending::Cleanup(c)) = f.pending.clone() else {
         return Ok(stats);
     };
@@ -78,33 +74,57 @@ pub fn run(
         }
     }
     for m in &c.merges {
-        do_merge(fs, m, progress, &mut stats)?;
+        if do_merge(fs, m, None, progress, &mut stats)? {
+            session.forget_all();
+        }
     }
-    // One action at a time, each against the folder as it is then.
+    // Rounds of actions, each against the folder as it is then: every
+    // disk no longer needed is removed, and one merge per disk tree.
     let limit = 4 * (c.candidates.len() + kept_layers(&f).len()) + 8;
+    let mut f = session.open()?;
     for _ in 0..limit {
-        let f = VmFolder::open(config)?;
         let Some(Pending::Cleanup(mut c)) = f.pending.clone() else {
             return Ok(stats);
         };
-        match next_action(&f, &c)? {
-            None => break,
-            Some(Action::Remove(p)) => {
-                remove_if_exists(fs, &p)?;
-                stats.disks_removed.push(p);
-            }
-            Some(Action::Merge(m)) => {
+        let round = next_round(&f, &c, &mut session.cache)?;
+        if round.removals.is_empty() && round.merges.is_empty() {
+            break;
+        }
+        for p in &round.removals {
+            fs.remove_file(p).map_err(|e| Error::io(p, e))?;
+            session.forget(p);
+            stats.disks_removed.push(p.clone());
+        }
+        let gone: Vec<&Path> = round.removals.iter().map(PathBuf::as_path).collect();
+        sync_dirs(fs, &gone)?;
+        if round.merges.is_empty() {
+            // Removing what nothing needs changes no chain that is used:
+            // the next round would find nothing new.
+            break;
+        }
+        {
+            for (m, _) in &round.merges {
                 c.merges.push(m.clone());
                 if m.direction == "down" {
                     c.replaced.push((m.child.clone(), m.parent.clone()));
                 }
-                let mut vm = f.config.clone();
-                write_vm(fs, &mut vm, Some(&Pending::Cleanup(c)))?;
-                do_merge(fs, &m, progress, &mut stats)?;
+            }
+            let mut vm = f.config.clone();
+            write_vm(fs, &mut vm, Some(&Pending::Cleanup(c)))?;
+            for (m, plan) in round.merges {
+                // What the merge changes: both files, and the disks it
+                // re-points (the child's children).
+                let mut touched = vec![m.child.clone(), m.parent.clone()];
+                touched.extend(plan.children.iter().flatten().cloned());
+                do_merge(fs, &m, Some(plan), progress, &mut stats)?;
+                for t in &touched {
+                    session.forget(t);
+                }
             }
         }
+        f = session.open()?;
     }
-    finish(fs, config, &mut stats)?;
+    finish(fs, &f, &mut stats)?;
     Ok(stats)
 }
 
@@ -116,76 +136,108 @@ fn kept_layers(f: &VmFolder) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// What to do next, or nothing.
-fn next_action(f: &VmFolder, c: &Cleanup) -> Result<Option<Action>> {
-    let refs: BTreeSet<PathBuf> = f.referenced().into_iter().collect();
-    let needed: BTreeSet<PathBuf> = f.all_disk_files().into_iter().collect();
+/// What one round does.
+#[derive(Default)]
+struct Round {
+    /// Disks nothing needs, a child before its parent.
+    removals: Vec<PathBuf>,
+    /// Merges with their plans, at most one per disk tree.
+    merges: Vec<(MergeRecord, chain::MergePlan)>,
+}
+
+fn next_round(f: &VmFolder, c: &Cleanup, cache: &mut DiskCache) -> Result<Round> {
+    let refs: HashSet<PathBuf> = f.referenced().into_iter().collect();
+    let needed: HashSet<PathBuf> = f.all_disk_files().into_iter().collect();
     // Parent -> children among the needed files.
-    let mut kids: BTreeMap<PathBuf, BTreeSet<PathBuf>> = BTreeMap::new();
+    let mut kids: HashMap<&Path, BTreeSet<&Path>> = HashMap::new();
     for d in f
         .disks
         .iter()
         .chain(f.checkpoints.iter().flat_map(|c| c.disks.iter()))
     {
         for w in d.chain.windows(2) {
-            kids.entry(w[1].clone()).or_default().insert(w[0].clone());
+            kids.entry(&w[1]).or_default().insert(&w[0]);
         }
     }
-    let mut cache = DiskCache::new();
-    let mut cands: Vec<(usize, PathBuf)> = Vec::new();
+    // Candidates with their chains, deepest first (a child before its parent).
+    let mut cands: Vec<Vec<PathBuf>> = Vec::new();
     for p in c.candidates.iter().chain(kept_layers(f).iter()) {
         let Ok(canon) = std::fs::canonicalize(p) else {
             continue; // already gone
         };
-        if cands.iter().any(|(_, q)| q == &canon) {
+        if cands.iter().any(|ch| ch[0] == canon) {
             continue;
         }
-        let depth = cache.chain(&canon)?.len();
-        cands.push((depth, canon));
+        cands.push(cache.chain(&canon)?);
     }
-    // Deepest first: a child goes before its parent.
-    cands.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    for (depth, p) in cands {
-        if !needed.contains(&p) {
-            if depth > 1 && !has_other_child(&p)? {
-                return Ok(Some(Action::Remove(p)));
-            }
+    cands.sort_by(|a, b| b.len().cmp(&a.len()).then(a[0].cmp(&b[0])));
+    let mut round = Round::default();
+    // Removals: unneeded differencing candidates whose every child (in
+    // their folder) goes in this round too.
+    let unneeded: BTreeSet<PathBuf> = cands
+        .iter()
+        .filter(|ch| !needed.contains(&ch[0]) && ch.len() > 1)
+        .map(|ch| ch[0].clone())
+        .collect();
+    let mut known_parent: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+    for ch in &cands {
+        for w in ch.windows(2) {
+            known_parent.insert(w[0].clone(), w[1].clone());
+        }
+    }
+    for ch in &cands {
+        let p = &ch[0];
+        if unneeded.contains(p) && !has_other_child(p, &unneeded, &needed, &known_parent)? {
+            round.removals.push(p.clone());
+        }
+    }
+    // Merges: a candidate that is needed, named by nothing, with one child.
+    let mut trees: BTreeSet<PathBuf> = BTreeSet::new();
+    for ch in &cands {
+        let p = &ch[0];
+        if !needed.contains(p) || refs.contains(p) {
             continue;
         }
-        if refs.contains(&p) {
-            continue;
+        let root = ch.last().expect("a chain").clone();
+        if trees.contains(&root) {
+            continue; // one merge per disk tree and round
         }
-        let Some(children) = kids.get(&p) else {
+        let Some(children) = kids.get(p.as_path()) else {
             continue;
         };
         if children.len() != 1 {
             continue;
         }
-        let child = children.iter().next().expect("one").clone();
+        let child = children.iter().next().expect("one").to_path_buf();
         let plan = chain::plan(
             &child,
             &chain::PlanOptions {
-                scan: scan_dirs(&[&child, &p]),
+                scan: scan_dirs(&[&child, p]),
                 ..chain::PlanOptions::default()
             },
         );
         match plan {
             Ok(plan) => {
-                return Ok(Some(Action::Merge(MergeRecord {
-                    child,
-                    parent: p,
-                    direction: match plan.direction {
-                        chain::Direction::Down => "down".into(),
-                        chain::Direction::Up => "up".into(),
+                trees.insert(root);
+                let direction = match plan.direction {
+                    chain::Direction::Down => "down",
+                    chain::Direction::Up => "up",
+                };
+                round.merges.push((
+                    MergeRecord {
+                        child,
+                        parent: p.clone(),
+                        direction: direction.into(),
                     },
-                })))
+                    plan,
+                ));
             }
             // Another disk outside the tree uses it: it stays.
             Err(chain::Error::Refused { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(None)
+    Ok(round)
 }
 
 fn scan_dirs(paths: &[&Path]) -> Vec<PathBuf> {
@@ -195,25 +247,61 @@ fn scan_dirs(paths: &[&Path]) -> Vec<PathBuf> {
     v
 }
 
-/// True when some disk in `p`'s folder names `p` as its parent.
-fn has_other_child(p: &Path) -> Result<bool> {
-    let found = chain::plan::scan(&scan_dirs(&[p]))?;
-    let id = {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
-        (m.dev(), m.ino())
+/// True when a disk in `p`'s folder that is not removed in this round
+/// names `p` as its parent. The VM's own files' parents are known; only
+/// other files are opened.
+fn has_other_child(
+    p: &Path,
+    removed: &BTreeSet<PathBuf>,
+    needed: &HashSet<PathBuf>,
+    known_parent: &BTreeMap<PathBuf, PathBuf>,
+) -> Result<bool> {
+    let Some(dir) = parent_dir(p) else {
+        return Ok(false);
     };
-    let any = chain::plan::children_of(id, &found).next().is_some();
-    Ok(any)
+    for e in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+        let q = e.map_err(|e| Error::io(&dir, e))?.path();
+        let is_disk = q
+            .extension()
+            .map(|x| x.to_string_lossy().to_ascii_lowercase())
+            .is_some_and(|x| x == "vhdx" || x == "avhdx");
+        if !is_disk || q == p || removed.contains(&q) || needed.contains(&q) {
+            // The VM's needed files build on needed parents only.
+            continue;
+        }
+        if let Some(parent) = known_parent.get(&q) {
+            if parent == p {
+                return Ok(true);
+            }
+            continue;
+        }
+        // A file of nobody's tree here: does it build on p?
+        let Ok(f) = vhdx::VhdxFile::open_path(&q, vhdx::OpenOptions::read_only()) else {
+            continue;
+        };
+        let Some(loc) = f.parent_locator() else {
+            continue;
+        };
+        let first = vhdx::parent::candidates(&q, loc)
+            .into_iter()
+            .map(|(_, c)| c)
+            .find(|c| c.is_file());
+        if first.and_then(|c| std::fs::canonicalize(c).ok()).as_deref() == Some(p) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
-/// Carries out (or finishes) one recorded merge; nothing when it is done.
+/// Carries out (or finishes) one recorded merge, with `plan` when it was
+/// just made; false when it was done already.
 fn do_merge(
     fs: &dyn FolderFs,
     m: &MergeRecord,
+    plan: Option<chain::MergePlan>,
     progress: &mut dyn FnMut(u64, u64),
     stats: &mut CleanupStats,
-) -> Result<()> {
+) -> Result<bool> {
     let up = m.direction == "up";
     let done = if up {
         !m.parent.exists() && !has_absorbed_marker(&m.child)?
@@ -221,21 +309,24 @@ fn do_merge(
         !m.child.exists()
     };
     if done {
-        return Ok(());
+        return Ok(false);
     }
-    let plan = chain::plan(
-        &m.child,
-        &chain::PlanOptions {
-            into: (!up).then(|| m.parent.clone()),
-            direction: if up {
-                chain::DirectionChoice::Up
-            } else {
-                chain::DirectionChoice::Down
+    let plan = match plan {
+        Some(p) => p,
+        None => chain::plan(
+            &m.child,
+            &chain::PlanOptions {
+                into: (!up).then(|| m.parent.clone()),
+                direction: if up {
+                    chain::DirectionChoice::Up
+                } else {
+                    chain::DirectionChoice::Down
+                },
+                scan: scan_dirs(&[&m.child, &m.parent]),
+                ..chain::PlanOptions::default()
             },
-            scan: scan_dirs(&[&m.child, &m.parent]),
-            ..chain::PlanOptions::default()
-        },
-    )?;
+        )?,
+    };
     let s = chain::merge(
         &MergeFiles(fs),
         &plan,
@@ -248,7 +339,7 @@ fn do_merge(
     stats.bytes_copied += s.bytes_copied;
     stats.bytes_reflinked += s.bytes_reflinked;
     stats.disks_removed.extend(s.files_removed);
-    Ok(())
+    Ok(true)
 }
 
 fn has_absorbed_marker(child: &Path) -> Result<bool> {
@@ -261,17 +352,20 @@ fn has_absorbed_marker(child: &Path) -> Result<bool> {
 }
 
 /// Configurations re-pointed, deleted checkpoints' files removed, kept
-/// layers remembered, the record cleared.
-fn finish(fs: &dyn FolderFs, config: &Path, stats: &mut CleanupStats) -> Result<()> {
-    let f = VmFolder::open(config)?;
+/// layers remembered, the record cleared. `f` is the folder after the
+/// last round.
+fn finish(fs: &dyn FolderFs, f: &VmFolder, stats: &mut CleanupStats) -> Result<()> {
     let Some(Pending::Cleanup(c)) = f.pending.clone() else {
         return Ok(());
     };
-    let stale = |cfg_path: &Path, d: &crate::model::Disk| {
-        layout::resolve_disk(&d.pathname, &f.folder, cfg_path)
-            .and_then(|p| std::fs::canonicalize(p).ok())
-            .as_ref()
-            != Some(&d.path)
+    let stale = |cfg_path: &Path, d: &crate::model::Disk| match layout::resolve_disk(
+        &d.pathname,
+        &f.folder,
+        cfg_path,
+    ) {
+        Some(p) if p == d.path => false,
+        Some(p) => std::fs::canonicalize(p).ok().as_ref() != Some(&d.path),
+        None => true,
     };
     for cp in &f.checkpoints {
         let changed: Vec<&crate::model::Disk> = cp
@@ -299,7 +393,7 @@ fn finish(fs: &dyn FolderFs, config: &Path, stats: &mut CleanupStats) -> Result<
     let mut kept: Vec<PathBuf> = c
         .candidates
         .iter()
-        .chain(kept_layers(&f).iter())
+        .chain(kept_layers(f).iter())
         .filter_map(|p| std::fs::canonicalize(p).ok())
         .filter(|p| needed.contains(p) && !refs.contains(p))
         .collect();

@@ -3,7 +3,7 @@
 //! key it does not know is kept exactly as read and written back.
 
 use crate::error::{Error, Result};
-use crate::fs::{write_atomically, FolderFs};
+use crate::fs::{write_atomically_unsynced, FolderFs};
 use crate::keys;
 use std::path::{Path, PathBuf};
 use vmcx::{Tree, Value};
@@ -61,19 +61,21 @@ impl Config {
     /// Reads a `.vmcx` (replaying a pending replay log in memory) or a
     /// 2012 R2 `.xml` configuration.
     pub fn read(path: &Path) -> Result<Config> {
+        Config::parse(path, &read_bytes(path)?)
+    }
+
+    /// A configuration from the bytes of the file at `path`.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config> {
         let tree = if is_xml(path) {
-            crate::xml::read(path)?
+            crate::xml::parse(path, bytes)?
         } else {
-            let len = std::fs::metadata(path)
-                .map_err(|e| Error::io(path, e))?
-                .len();
-            if len > MAX_CONFIG {
-                return Err(Error::corrupt(
-                    path,
-                    format!("{len} bytes is too large for a configuration"),
-                ));
-            }
-            vmcx::Store::open(path)?.resolved_tree()?
+            let storage = std::sync::Arc::new(vmcx::MemStorage::new(bytes.to_vec()));
+            vmcx::Store::from_storage(
+                storage,
+                &path.display().to_string(),
+                vmcx::OpenOptions::default(),
+            )?
+            .resolved_tree()?
         };
         Ok(Config {
             path: path.to_path_buf(),
@@ -148,19 +150,46 @@ impl Config {
 
     /// Writes the keys as a new `.vmcx` at `path`, atomically.
     pub fn write(&self, fs: &dyn FolderFs, path: &Path) -> Result<()> {
+        self.write_unsynced(fs, path)?;
+        crate::fs::sync_dirs(fs, &[path])
+    }
+
+    /// [`Config::write`], leaving the folder sync to the caller
+    /// ([`crate::fs::write_atomically_unsynced`]).
+    pub fn write_unsynced(&self, fs: &dyn FolderFs, path: &Path) -> Result<()> {
         if is_xml(path) {
             return Err(Error::refused(
                 path,
                 "2012 R2 XML configurations are read-only in hvkit",
             ));
         }
-        write_atomically(fs, path, |storage, name| {
+        write_atomically_unsynced(fs, path, |storage, name| {
             vmcx::writer::write(storage, name, &self.tree, &|_| {
                 Err(vmcx::Error::Invalid("unresolved file object".into()))
             })?;
             Ok(())
         })
     }
+}
+
+/// The bytes of a configuration file, refusing sizes no configuration has
+/// before reading them.
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    let max = if is_xml(path) {
+        crate::xml::MAX_XML
+    } else {
+        MAX_CONFIG
+    };
+    if len > max {
+        return Err(Error::corrupt(
+            path,
+            format!("{len} bytes is too large for a configuration"),
+        ));
+    }
+    std::fs::read(path).map_err(|e| Error::io(path, e))
 }
 
 /// True for a `.xml` file name.

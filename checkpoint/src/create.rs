@@ -24,15 +24,15 @@
 
 use crate::error::{Error, Result};
 use crate::files::{self, checkpoint_config, write_vm};
-use crate::folder::{find_config, VmFolder};
-use crate::fs::{copy_file, ensure_dir, remove_if_exists, temp_path, FolderFs};
+use crate::folder::VmFolder;
+use crate::fs::{copy_file, ensure_dir, remove_if_exists, sync_dirs, temp_path, FolderFs};
 use crate::journal::{NewCheckpoint, NewLeaf, Pending};
 use crate::layout;
 use crate::live::{LiveVm, Quiesce, DEFAULT_QUIESCE_TIMEOUT};
-use crate::lock::FolderLock;
 use crate::model::{Kind, VmState};
 use crate::policy::{self, Plan, Refusal};
 use crate::resume;
+use crate::session::Session;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -87,12 +87,11 @@ pub fn create(
     opts: &CreateOptions,
     live: Option<&mut dyn LiveVm>,
 ) -> Result<Created> {
-    let cfg = find_config(path)?;
-    let _lock = FolderLock::take(cfg.parent().unwrap_or(Path::new(".")))?;
-    if let Some(Pending::Create { checkpoint, .. }) = resume::finish(fs, &cfg, &mut |_, _| {})? {
+    let (mut session, f) = Session::begin(path)?;
+    let (done, f) = resume::finish(fs, &mut session, f, &mut |_, _| {})?;
+    if let Some(Pending::Create { checkpoint, .. }) = done {
         let same = opts.name.as_ref().is_none_or(|n| n == &checkpoint.name);
         if same && !checkpoint.live {
-            let f = VmFolder::open(&cfg)?;
             if let Some(c) = f.checkpoint(&checkpoint.id) {
                 return Ok(Created {
                     id: c.id.clone(),
@@ -105,7 +104,6 @@ pub fn create(
             }
         }
     }
-    let f = VmFolder::open(&cfg)?;
     if f.legacy {
         return Err(files::refuse_legacy(&f.config_path));
     }
@@ -295,7 +293,12 @@ fn make(
         }
     }
     let cfg = checkpoint_config(&f.config, &f.vm.id, cp, &cfg_path);
-    cfg.write(fs, &cfg_path)
+    cfg.write_unsynced(fs, &cfg_path)?;
+    // One sync per folder makes every rename above durable before the
+    // commit names the new files.
+    let mut made: Vec<&Path> = leaves.iter().map(|l| l.leaf.as_path()).collect();
+    made.push(&cfg_path);
+    sync_dirs(fs, &made)
 }
 
 /// Step 4: the VM names the new leaves and the checkpoint.

@@ -12,11 +12,10 @@
 use crate::cleanup::{self, CleanupStats};
 use crate::error::Result;
 use crate::files::{self, write_vm};
-use crate::folder::{find_config, VmFolder};
 use crate::fs::FolderFs;
 use crate::journal::{Cleanup, Pending};
-use crate::lock::FolderLock;
 use crate::resume;
+use crate::session::Session;
 use crate::tree;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -59,11 +58,9 @@ fn run(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Deleted> {
     let command = if subtree { "delete_subtree" } else { "delete" };
-    let cfg = find_config(path)?;
-    let _lock = FolderLock::take(cfg.parent().unwrap_or(Path::new(".")))?;
+    let (mut session, before) = Session::begin(path)?;
     // The id the user means, looked up before a cut-off run is finished
     // (that run may be this very delete, which hides it).
-    let before = VmFolder::open(&cfg)?;
     let wanted = before
         .find(what)
         .map(|c| c.id.clone())
@@ -75,7 +72,8 @@ fn run(
                 .filter(|t| t.eq_ignore_ascii_case(what) || c.target_name.as_deref() == Some(what)),
             _ => None,
         });
-    if let Some(Pending::Cleanup(c)) = resume::finish(fs, &cfg, progress)? {
+    let (done, f) = resume::finish(fs, &mut session, before, progress)?;
+    if let Some(Pending::Cleanup(c)) = done {
         if c.command == command && c.target.is_some() && c.target == wanted {
             return Ok(Deleted {
                 removed: c.removed,
@@ -84,7 +82,6 @@ fn run(
             });
         }
     }
-    let f = VmFolder::open(&cfg)?;
     if f.legacy {
         return Err(files::refuse_legacy(&f.config_path));
     }
@@ -119,7 +116,7 @@ fn run(
     let mut vm = f.config.clone();
     files::set_current(&mut vm, current.as_deref());
     write_vm(fs, &mut vm, Some(&Pending::Cleanup(cleanup)))?;
-    let stats = cleanup::run(fs, &cfg, progress)?;
+    let stats = cleanup::run(fs, &mut session, progress)?;
     Ok(Deleted {
         removed,
         cleanup: stats,

@@ -3,6 +3,7 @@
 //! their files), each parent found through its locator and checked
 //! against the child's `parent_linkage` as `vhdx::Disk::open` does.
 
+use crate::config::Config;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,10 +21,40 @@ pub struct FileFacts {
     pub parent: Option<PathBuf>,
 }
 
-/// Files opened so far, by canonical path.
+/// Files opened so far, by canonical path, and configurations and
+/// runtime states read so far.
 #[derive(Default)]
 pub struct DiskCache {
     files: HashMap<PathBuf, (VhdxFile, Option<PathBuf>)>,
+    /// path -> (CRC-32 and length of the bytes, what they parse to): a
+    /// cached configuration is used only when the file's bytes are the
+    /// same (reading and hashing them costs a fraction of parsing).
+    configs: HashMap<PathBuf, (u32, usize, Config)>,
+    /// path -> (identity of the file, whether it holds saved memory).
+    /// Runtime states are written once and renamed into place, never
+    /// changed where they are.
+    runtimes: HashMap<PathBuf, (FileStamp, bool)>,
+    /// Folder -> the same with its symlinks resolved.
+    dirs: HashMap<PathBuf, PathBuf>,
+}
+
+/// What tells one file from another at a path: device, inode, length and
+/// both times to the nanosecond.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp(u64, u64, u64, i64, i64, i64, i64);
+
+fn stamp(p: &Path) -> std::io::Result<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p)?;
+    Ok(FileStamp(
+        m.dev(),
+        m.ino(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
 }
 
 impl DiskCache {
@@ -31,8 +62,30 @@ impl DiskCache {
         DiskCache::default()
     }
 
+    /// `path` with its folder's symlinks resolved (each folder resolved
+    /// once) and, when it is a symlink itself, its own.
+    fn canonical(&mut self, path: &Path) -> Result<PathBuf> {
+        let lstat = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
+        match (path.parent(), path.file_name()) {
+            (Some(dir), Some(name))
+                if !lstat.file_type().is_symlink() && !dir.as_os_str().is_empty() =>
+            {
+                if let Some(c) = self.dirs.get(dir) {
+                    return Ok(c.join(name));
+                }
+                let c = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+                self.dirs.insert(dir.to_path_buf(), c.clone());
+                Ok(c.join(name))
+            }
+            _ => std::fs::canonicalize(path).map_err(|e| Error::io(path, e)),
+        }
+    }
+
     fn load(&mut self, path: &Path) -> Result<PathBuf> {
-        let canon = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+        if self.files.contains_key(path) {
+            return Ok(path.to_path_buf()); // already canonical
+        }
+        let canon = self.canonical(path)?;
         if !self.files.contains_key(&canon) {
             let f = VhdxFile::open_path(&canon, OpenOptions::read_only())?;
             self.files.insert(canon.clone(), (f, None));
@@ -92,8 +145,9 @@ impl DiskCache {
     /// The chain of `leaf`, leaf first, as canonical paths.
     pub fn chain(&mut self, leaf: &Path) -> Result<Vec<PathBuf>> {
         let mut out = vec![self.load(leaf)?];
+        let mut seen: std::collections::HashSet<PathBuf> = out.iter().cloned().collect();
         while let Some(p) = self.parent_of(out.last().expect("non-empty"))? {
-            if out.contains(&p) {
+            if !seen.insert(p.clone()) {
                 return Err(Error::Vhdx(vhdx::Error::ChainCycle {
                     path: out[0].display().to_string(),
                     again: p.display().to_string(),
@@ -108,6 +162,55 @@ impl DiskCache {
             out.push(p);
         }
         Ok(out)
+    }
+
+    /// The configuration at `path`, parsed again only when its bytes changed.
+    pub fn config(&mut self, path: &Path) -> Result<Config> {
+        let bytes = crate::config::read_bytes(path)?;
+        let crc = crc32fast::hash(&bytes);
+        if let Some((c, n, cfg)) = self.configs.get(path) {
+            if *c == crc && *n == bytes.len() {
+                return Ok(cfg.clone());
+            }
+        }
+        let cfg = Config::parse(path, &bytes)?;
+        self.configs
+            .insert(path.to_path_buf(), (crc, bytes.len(), cfg.clone()));
+        Ok(cfg)
+    }
+
+    /// Whether the runtime state at `path` holds saved memory (a missing
+    /// file holds none).
+    pub fn has_memory(&mut self, path: &Path) -> Result<bool> {
+        let Ok(st) = stamp(path) else {
+            return Ok(false);
+        };
+        if let Some((s, m)) = self.runtimes.get(path) {
+            if *s == st {
+                return Ok(*m);
+            }
+        }
+        let m = crate::folder::runtime_state(path)? == crate::model::VmState::Saved;
+        self.runtimes.insert(path.to_path_buf(), (st, m));
+        Ok(m)
+    }
+
+    /// Drops what is known of `path` (a file that changed or went).
+    pub fn forget(&mut self, path: &Path) {
+        let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        self.files.remove(&canon);
+        self.files.remove(path);
+        // A child's known parent may be the forgotten file.
+        for (_, parent) in self.files.values_mut() {
+            if parent.as_deref() == Some(canon.as_path()) {
+                *parent = None;
+            }
+        }
+    }
+
+    /// Drops everything (after a merge, which changes several files).
+    pub fn clear(&mut self) {
+        self.files.clear();
     }
 
     /// Facts of a file loaded by [`DiskCache::chain`].

@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::fs::{write_atomically, FolderFs};
+use crate::fs::{write_atomically, write_atomically_unsynced, FolderFs};
 use crate::journal::{NewCheckpoint, NewLeaf, Pending};
 use crate::keys;
 use std::collections::BTreeMap;
@@ -33,7 +33,9 @@ pub fn new_leaves(disks: &[crate::model::Disk]) -> Vec<NewLeaf> {
 /// Makes `leaf` a new, empty differencing disk over `parent` (Hyper-V's
 /// defaults: 2 MiB blocks, the parent's size, sector sizes and virtual
 /// disk id). A complete leaf left by a cut-off run (one whose locator
-/// names this parent's current DataWriteGuid) is kept as it is.
+/// names this parent's current DataWriteGuid) is kept as it is. The
+/// caller syncs the leaf's folder ([`crate::fs::sync_dirs`]) before it
+/// commits a configuration naming it.
 pub fn new_leaf(fs: &dyn FolderFs, l: &NewLeaf) -> Result<()> {
     let pf = VhdxFile::open_path(&l.parent, OpenOptions::read_only())?;
     let guid = pf.header().data_write_guid;
@@ -59,7 +61,7 @@ pub fn new_leaf(fs: &dyn FolderFs, l: &NewLeaf) -> Result<()> {
     p.virtual_disk_id = md.virtual_disk_id;
     p.bitmaps_present = true;
     drop(pf);
-    write_atomically(fs, &l.leaf, |storage, name| {
+    write_atomically_unsynced(fs, &l.leaf, |storage, name| {
         vhdx::create::create(storage, name, &p, &BTreeMap::new())?;
         Ok(())
     })

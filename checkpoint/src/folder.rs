@@ -11,7 +11,7 @@ use crate::keys;
 use crate::layout::{self, SNAPSHOT_DIR, VM_DIR};
 use crate::model::{Checkpoint, Disk, Kind, Vm, VmState};
 use crate::tree::{self, Node};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// How to open a folder.
@@ -127,13 +127,24 @@ impl VmFolder {
     }
 
     pub fn open_with(path: impl AsRef<Path>, opts: OpenOptions) -> Result<VmFolder> {
+        Self::open_cached(path, opts, &mut DiskCache::new())
+    }
+
+    /// [`VmFolder::open_with`], reusing the disk files `cache` already
+    /// opened (an operation re-reads its folder after each step; the
+    /// caller forgets the files it changes).
+    pub fn open_cached(
+        path: impl AsRef<Path>,
+        opts: OpenOptions,
+        cache: &mut DiskCache,
+    ) -> Result<VmFolder> {
         let config_path = find_config(path.as_ref())?;
         let config_path =
             std::fs::canonicalize(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        let config = Config::read(&config_path)?;
+        let config = cache.config(&config_path)?;
         Reader {
             opts,
-            cache: DiskCache::new(),
+            cache,
             problems: Vec::new(),
         }
         .read(config_path, config)
@@ -182,38 +193,38 @@ impl VmFolder {
     /// Every disk file a checkpoint or the current state names directly
     /// (frozen disks and current leaves).
     pub fn referenced(&self) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = self.disks.iter().map(|d| d.path.clone()).collect();
-        for c in &self.checkpoints {
-            v.extend(c.disks.iter().map(|d| d.path.clone()));
-        }
+        let set: HashSet<&Path> = self
+            .disks
+            .iter()
+            .chain(self.checkpoints.iter().flat_map(|c| c.disks.iter()))
+            .map(|d| d.path.as_path())
+            .collect();
+        let mut v: Vec<PathBuf> = set.into_iter().map(Path::to_path_buf).collect();
         v.sort();
-        v.dedup();
         v
     }
 
     /// Every file of every chain the VM and its checkpoints use.
     pub fn all_disk_files(&self) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = Vec::new();
-        for d in self
+        let set: HashSet<&Path> = self
             .disks
             .iter()
             .chain(self.checkpoints.iter().flat_map(|c| c.disks.iter()))
-        {
-            v.extend(d.chain.iter().cloned());
-        }
+            .flat_map(|d| d.chain.iter().map(PathBuf::as_path))
+            .collect();
+        let mut v: Vec<PathBuf> = set.into_iter().map(Path::to_path_buf).collect();
         v.sort();
-        v.dedup();
         v
     }
 }
 
-struct Reader {
+struct Reader<'c> {
     opts: OpenOptions,
-    cache: DiskCache,
+    cache: &'c mut DiskCache,
     problems: Vec<String>,
 }
 
-impl Reader {
+impl Reader<'_> {
     fn fail(&mut self, e: Error) -> Result<()> {
         if self.opts.lenient {
             self.problems.push(e.to_string());
@@ -315,7 +326,11 @@ impl Reader {
         let state = if legacy {
             legacy_state(&vm_dir, &id)
         } else {
-            runtime_state(&runtime_now)?
+            if self.cache.has_memory(&runtime_now)? {
+                VmState::Saved
+            } else {
+                VmState::Off
+            }
         };
         let vm = Vm {
             name: vmc.name.clone().unwrap_or_default(),
@@ -342,7 +357,7 @@ impl Reader {
         let mut configs: BTreeMap<String, Config> = BTreeMap::new();
         let mut files_of: BTreeMap<String, PathBuf> = BTreeMap::new();
         for path in snapshot_files(&snapshot_dir, legacy)? {
-            let c = Config::read(&path)?;
+            let c = self.cache.config(&path)?;
             let cid = c.string(keys::CP_ID).unwrap_or_else(|| file_stem(&path));
             let owner = c
                 .string(keys::CP_VM_ID)
@@ -380,7 +395,7 @@ impl Reader {
             let has_memory = if legacy {
                 has_legacy_memory(&runtime)
             } else {
-                runtime_state(&runtime)? == VmState::Saved
+                self.cache.has_memory(&runtime)?
             };
             let kind = match c.string(keys::CP_KIND) {
                 Some(k) => Kind::parse(&k).ok_or_else(|| {
@@ -490,7 +505,7 @@ impl Reader {
     ) -> Result<()> {
         let by_id: BTreeMap<&str, &Checkpoint> =
             checkpoints.iter().map(|c| (c.id.as_str(), c)).collect();
-        let owner: BTreeMap<&Path, &str> = checkpoints
+        let owner: HashMap<&Path, &str> = checkpoints
             .iter()
             .flat_map(|c| {
                 c.disks

@@ -113,6 +113,22 @@ pub fn write_atomically<T>(
     path: &Path,
     write: impl FnOnce(&dyn Storage, &str) -> Result<T>,
 ) -> Result<T> {
+    let v = write_atomically_unsynced(fs, path, write)?;
+    if let Some(d) = parent_dir(path) {
+        fs.sync_dir(&d).map_err(|e| Error::io(&d, e))?;
+    }
+    Ok(v)
+}
+
+/// [`write_atomically`] without the folder sync: the new file is whole
+/// under its name, but the rename is durable only once the caller syncs
+/// the folder ([`sync_dirs`]), which it must do before anything that
+/// depends on the file (a commit naming it) is written.
+pub fn write_atomically_unsynced<T>(
+    fs: &dyn FolderFs,
+    path: &Path,
+    write: impl FnOnce(&dyn Storage, &str) -> Result<T>,
+) -> Result<T> {
     let tmp = temp_path(path);
     remove_if_exists(fs, &tmp)?;
     let storage = fs.create(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -124,9 +140,6 @@ pub fn write_atomically<T>(
     match r {
         Ok(v) => {
             fs.rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-            if let Some(d) = parent_dir(path) {
-                fs.sync_dir(&d).map_err(|e| Error::io(&d, e))?;
-            }
             Ok(v)
         }
         Err(e) => {
@@ -147,6 +160,17 @@ pub fn remove_if_exists(fs: &dyn FolderFs, path: &Path) -> Result<bool> {
         fs.sync_dir(&d).map_err(|e| Error::io(&d, e))?;
     }
     Ok(true)
+}
+
+/// Syncs the folders holding `paths`, each once.
+pub fn sync_dirs(fs: &dyn FolderFs, paths: &[&Path]) -> Result<()> {
+    let mut dirs: Vec<PathBuf> = paths.iter().filter_map(|p| parent_dir(p)).collect();
+    dirs.sort();
+    dirs.dedup();
+    for d in dirs {
+        fs.sync_dir(&d).map_err(|e| Error::io(&d, e))?;
+    }
+    Ok(())
 }
 
 /// Creates `dir` when it does not exist (and syncs its parent).

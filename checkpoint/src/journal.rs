@@ -160,6 +160,9 @@ impl Cleanup {
     /// A disk path as the finished operation names it: `p`, or the layer
     /// it was merged down into once it is gone.
     pub fn substitute(&self, p: &Path) -> PathBuf {
+        if self.replaced.is_empty() || p.exists() {
+            return p.to_path_buf();
+        }
         let canon = p
             .parent()
             .and_then(|d| std::fs::canonicalize(d).ok())

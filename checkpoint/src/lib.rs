@@ -44,6 +44,7 @@ pub mod new_vm;
 pub mod policy;
 pub mod rename;
 pub mod resume;
+pub mod session;
 pub mod template;
 pub mod tree;
 pub mod xml;
@@ -74,10 +75,8 @@ pub fn set_checkpoint_type(
     path: &std::path::Path,
     t: CheckpointType,
 ) -> Result<()> {
-    let cfg = folder::find_config(path)?;
-    let _lock = lock::FolderLock::take(cfg.parent().unwrap_or(std::path::Path::new(".")))?;
-    resume::finish(fs, &cfg, &mut |_, _| {})?;
-    let f = VmFolder::open(&cfg)?;
+    let (mut session, f) = session::Session::begin(path)?;
+    let (_, f) = resume::finish(fs, &mut session, f, &mut |_, _| {})?;
     if f.legacy {
         return Err(files::refuse_legacy(&f.config_path));
     }

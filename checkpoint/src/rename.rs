@@ -3,20 +3,17 @@
 
 use crate::error::{Error, Result};
 use crate::files;
-use crate::folder::{find_config, VmFolder};
 use crate::fs::FolderFs;
 use crate::keys;
-use crate::lock::FolderLock;
 use crate::resume;
+use crate::session::Session;
 use std::path::Path;
 
 /// Gives the checkpoint `what` (a name or an id) the name `new_name`;
 /// returns its id.
 pub fn rename(fs: &dyn FolderFs, path: &Path, what: &str, new_name: &str) -> Result<String> {
-    let cfg = find_config(path)?;
-    let _lock = FolderLock::take(cfg.parent().unwrap_or(Path::new(".")))?;
-    resume::finish(fs, &cfg, &mut |_, _| {})?;
-    let f = VmFolder::open(&cfg)?;
+    let (mut session, f) = Session::begin(path)?;
+    let (_, f) = resume::finish(fs, &mut session, f, &mut |_, _| {})?;
     if f.legacy {
         return Err(files::refuse_legacy(&f.config_path));
     }

@@ -6,20 +6,22 @@ use crate::error::Result;
 use crate::folder::VmFolder;
 use crate::fs::FolderFs;
 use crate::journal::Pending;
+use crate::session::Session;
 use crate::{apply, cleanup, create};
 use std::path::Path;
 
-/// Finishes the pending operation of the VM at `config` (forward, or back
-/// for a running VM's cut-off checkpoint) and returns what it was.
-pub fn finish(
+/// Finishes the pending operation of the VM `f` (read by `session`):
+/// forward, or back for a running VM's cut-off checkpoint; returns what it
+/// was and the folder afterwards. Temporaries of cut-off writes go too.
+pub(crate) fn finish(
     fs: &dyn FolderFs,
-    config: &Path,
+    session: &mut Session,
+    f: VmFolder,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<Option<Pending>> {
-    let f = VmFolder::open(config)?;
+) -> Result<(Option<Pending>, VmFolder)> {
     let Some(p) = f.pending.clone() else {
         sweep_temporaries(fs, &f)?;
-        return Ok(None);
+        return Ok((None, f));
     };
     match &p {
         Pending::Create { checkpoint, leaves } => create::resume(fs, &f, checkpoint, leaves)?,
@@ -28,13 +30,24 @@ pub fn finish(
             leaves,
             save_current,
             runtime,
-        } => apply::finish(fs, &f, target, leaves, save_current.as_ref(), runtime)?,
+        } => {
+            apply::finish(
+                fs,
+                session,
+                &f,
+                target,
+                leaves,
+                save_current.as_ref(),
+                runtime,
+            )?;
+        }
         Pending::Cleanup(_) => {
-            cleanup::run(fs, config, progress)?;
+            cleanup::run(fs, session, progress)?;
         }
     }
-    sweep_temporaries(fs, &VmFolder::open(config)?)?;
-    Ok(Some(p))
+    let after = session.open()?;
+    sweep_temporaries(fs, &after)?;
+    Ok((Some(p), after))
 }
 
 /// Removes what cut-off atomic writes left: `.NAME.hvkit-tmp` files in the

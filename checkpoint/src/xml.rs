@@ -15,15 +15,7 @@ pub const MAX_XML: u64 = 16 << 20;
 /// Reads an XML configuration into a key tree (the document element is
 /// the top node, `configuration`).
 pub fn read(path: &Path) -> Result<Tree> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if meta.len() > MAX_XML {
-        return Err(Error::corrupt(
-            path,
-            format!("{} bytes is too large for an XML configuration", meta.len()),
-        ));
-    }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    parse(path, &bytes)
+    parse(path, &crate::config::read_bytes(path)?)
 }
 
 /// Parses XML configuration bytes (UTF-16LE/BE with a byte-order mark, or
