@@ -416,16 +416,17 @@ pub fn create(
         }
         bat[g.payload_entry(b)] = entry;
     }
-    if p.bitmaps_present && p.parent.is_some() {
-        for chunk in 0..g.chunks {
-            bitmaps
-                .entry(chunk)
-                .or_insert_with(|| vec![0u8; MIB as usize]);
-        }
-    }
-    for (chunk, bits) in &bitmaps {
-        bat[g.bitmap_entry(*chunk)] = bat_entry::make(bat_entry::SB_BLOCK_PRESENT, next);
-        if bits.iter().any(|&b| b != 0) {
+    // Sector bitmap blocks: those partial blocks need, and with
+    // `bitmaps_present` an all-zero one (nothing to write) for every other
+    // chunk.
+    let chunks_with_bitmaps: Vec<u64> = if p.bitmaps_present && p.parent.is_some() {
+        (0..g.chunks).collect()
+    } else {
+        bitmaps.keys().copied().collect()
+    };
+    for chunk in chunks_with_bitmaps {
+        bat[g.bitmap_entry(chunk)] = bat_entry::make(bat_entry::SB_BLOCK_PRESENT, next);
+        if let Some(bits) = bitmaps.get(&chunk).filter(|b| !crate::import::is_zero(b)) {
             w(bits, next)?;
         }
         next += MIB;
@@ -447,7 +448,7 @@ pub fn create(
     let w_used = |buf: &[u8], off: u64| {
         // The last non-zero 4 KiB piece, then the byte (a piece at a time
         // vectorizes; most of these buffers are zeros).
-        let piece = buf.chunks(4096).rposition(|c| c.iter().any(|&b| b != 0));
+        let piece = buf.chunks(4096).rposition(|c| !crate::import::is_zero(c));
         match piece {
             Some(i) => {
                 let c = &buf[i * 4096..buf.len().min((i + 1) * 4096)];
@@ -560,6 +561,36 @@ fn metadata_region(p: &CreateParams, g: &Geometry) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::storage::MemStorage;
+
+    #[test]
+    fn present_empty_bitmaps_read_the_parent() {
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path().join("base.vhdx");
+        let f = std::fs::File::create_new(&base).unwrap();
+        let mut bp = CreateParams::dynamic(6 << 30); // two chunks at 2 MiB blocks
+        bp.block_size = 2 << 20;
+        let mut blocks = BTreeMap::new();
+        blocks.insert(2047u64, BlockContent::Full(vec![7u8; 2 << 20]));
+        create(&f, "base", &bp, &blocks).unwrap();
+        let pf = crate::VhdxFile::open_path(&base, crate::OpenOptions::read_only()).unwrap();
+        let child = t.path().join("child.avhdx");
+        let link = ParentLink::for_parent(&child, &base, pf.header().data_write_guid);
+        let mut cp = CreateParams::differencing(6 << 30, link);
+        cp.bitmaps_present = true;
+        let mem = MemStorage::new(Vec::new());
+        create(&mem, "child", &cp, &BTreeMap::new()).unwrap();
+        std::fs::write(&child, mem.to_vec()).unwrap();
+        let c = crate::VhdxFile::open_path(&child, crate::OpenOptions::read_only()).unwrap();
+        assert_eq!(c.bat_stats().bitmap_blocks_present, 2);
+        assert_eq!(c.bat_stats().not_present, 3072);
+        let d = crate::Disk::open(&child, &crate::ChainOptions::default()).unwrap();
+        let mut b = vec![0u8; 4096];
+        d.read_at(&mut b, (2047 << 21) + 4096).unwrap();
+        assert!(b.iter().all(|&x| x == 7), "reads the parent");
+        let r =
+            crate::check::check(Box::new(std::fs::File::open(&child).unwrap()), "child").unwrap();
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+    }
 
     #[test]
     fn relative_paths_in_windows_syntax() {
