@@ -8,14 +8,14 @@
 //! saved VM. The exported VM gets a new id unless `keep_id`, so it can be
 //! imported beside the original.
 //!
-//! The source folder is only read. The export is built under
+//! The source folder is only read (under the VM's lock). The export is built under
 //! `.NAME.hvkit-partial` beside the destination and renamed into place at
 //! the end; a re-run after a crash starts over.
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::files;
-use crate::folder::{find_config, VmFolder};
+use crate::folder::VmFolder;
 use crate::fs::{
     absolute_new, check_new_dir, copy_file, ensure_dir, partial_dir, publish_dir, remove_tree,
     FolderFs,
@@ -59,7 +59,8 @@ pub fn export(
     opts: &ExportOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Exported> {
-    let f = VmFolder::open(find_config(path)?)?;
+    // The lock keeps other operations out while the files are read.
+    let (_session, f) = crate::session::Session::begin(path)?;
     let c = f.find(what)?.clone();
     check_new_dir(out)?;
     let dest = absolute_new(out)?;

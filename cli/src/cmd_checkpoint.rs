@@ -5,7 +5,7 @@
 
 use crate::cmd_info::human;
 use crate::progress::bytes_bar;
-use crate::vm_view::{checkpoint_json, tree_lines};
+use crate::vm_view::{checkpoint_json, print_json, tree_lines};
 use crate::CliResult;
 use checkpoint::{ApplyOptions, CreateOptions, ExportOptions, OsFs, VmFolder};
 use serde_json::json;
@@ -168,10 +168,6 @@ struct DeleteArgs {
     quiet: bool,
     #[arg(long)]
     json: bool,
-}
-
-fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("json"));
 }
 
 pub fn run(a: Args) -> CliResult {

@@ -1,6 +1,6 @@
 //! `hvkit vm`: make a VM folder, show one, change its checkpoint type.
 
-use crate::vm_view::{folder_json, print_folder, TypeArg};
+use crate::vm_view::{folder_json, print_folder, print_json, TypeArg};
 use crate::{size_arg, CliResult};
 use checkpoint::{DiskSpec, OpenOptions, OsFs, VmFolder, VmSpec};
 use std::path::PathBuf;
@@ -137,10 +137,7 @@ pub fn run(a: Args) -> CliResult {
                 .extend(a.disk_size.into_iter().map(|size| DiskSpec::New { size }));
             let f = VmFolder::create(&a.dir, &spec)?;
             if a.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&folder_json(&f)).expect("json")
-                );
+                print_json(&folder_json(&f));
             } else {
                 println!(
                     "{}: created VM {} ({})",
@@ -154,10 +151,7 @@ pub fn run(a: Args) -> CliResult {
         Sub::Info(a) => {
             let f = VmFolder::open_with(&a.dir, OpenOptions { lenient: a.lenient })?;
             if a.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&folder_json(&f)).expect("json")
-                );
+                print_json(&folder_json(&f));
             } else {
                 print_folder(&f);
             }
@@ -166,10 +160,7 @@ pub fn run(a: Args) -> CliResult {
             checkpoint::set_checkpoint_type(&OsFs, &a.dir, a.checkpoint_type.get())?;
             let f = VmFolder::open(&a.dir)?;
             if a.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&folder_json(&f)).expect("json")
-                );
+                print_json(&folder_json(&f));
             } else {
                 println!(
                     "{}: checkpoint type {}",

@@ -15,6 +15,11 @@ impl From<checkpoint::Error> for CliError {
     }
 }
 
+/// Prints a JSON document for scripts, pretty.
+pub fn print_json(v: &J) {
+    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+}
+
 /// The CLI's spelling of a checkpoint type.
 pub fn type_name(t: CheckpointType) -> &'static str {
     match t {
