@@ -98,8 +98,12 @@ pub(crate) fn run(
         let gone: Vec<&Path> = round.removals.iter().map(PathBuf::as_path).collect();
         sync_dirs(fs, &gone)?;
         if round.merges.is_empty() {
-            // Removing what nothing needs changes no chain that is used:
-            // the next round would find nothing new.
+            if round.merge_waits {
+                // A merge the removals made possible (the merge plan sees
+                // the removed files as other users until they are gone).
+                f = session.open()?;
+                continue;
+            }
             break;
         }
         {
@@ -143,6 +147,8 @@ struct Round {
     removals: Vec<PathBuf>,
     /// Merges with their plans, at most one per disk tree.
     merges: Vec<(MergeRecord, chain::MergePlan)>,
+    /// A merge is due but waits for this round's removals.
+    merge_waits: bool,
 }
 
 fn next_round(f: &VmFolder, c: &Cleanup, cache: &mut DiskCache) -> Result<Round> {
@@ -209,6 +215,12 @@ fn next_round(f: &VmFolder, c: &Cleanup, cache: &mut DiskCache) -> Result<Round>
             continue;
         }
         let child = children.iter().next().expect("one").to_path_buf();
+        if !round.removals.is_empty() {
+            // The merge's own scan would still see the files this round
+            // removes as other users of the layer: plan it next round.
+            round.merge_waits = true;
+            continue;
+        }
         let plan = chain::plan(
             &child,
             &chain::PlanOptions {

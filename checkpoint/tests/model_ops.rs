@@ -191,6 +191,28 @@ fn check(dir: &Path, m: &Model, oracle: Option<&(std::path::PathBuf, std::path::
         assert!(read_all(&d.path) == m.disks[i], "current disk {i} content");
     }
     assert_no_garbage(&f);
+    // No layer is left that nothing names and only one disk builds on: it
+    // would have been merged.
+    let refs: std::collections::BTreeSet<_> = f.referenced().into_iter().collect();
+    let mut kids: BTreeMap<std::path::PathBuf, std::collections::BTreeSet<std::path::PathBuf>> =
+        BTreeMap::new();
+    for d in f
+        .disks
+        .iter()
+        .chain(f.checkpoints.iter().flat_map(|c| c.disks.iter()))
+    {
+        for w in d.chain.windows(2) {
+            kids.entry(w[1].clone()).or_default().insert(w[0].clone());
+        }
+    }
+    for (p, k) in &kids {
+        assert!(
+            refs.contains(p) || k.len() != 1,
+            "{} is a layer of its own with one child ({:?}) that nothing names",
+            p.display(),
+            k
+        );
+    }
     if let Some(o) = oracle {
         let mut configs = vec![f.config_path.display().to_string()];
         let mut disks = Vec::new();
