@@ -8,6 +8,9 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
+/// How long an operation waits for another one's lock.
+pub const WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Held while it lives.
 #[derive(Debug)]
 pub struct FolderLock {
@@ -15,20 +18,51 @@ pub struct FolderLock {
 }
 
 impl FolderLock {
-    /// Takes the lock on `dir`, or fails at once with [`Error::Locked`].
+    /// Takes the lock on `dir`, waiting up to [`WAIT`] for it, else fails
+    /// with [`Error::Locked`]. (The wait also covers the instant in which
+    /// a process that just released it still shares the descriptor with a
+    /// child it is starting, between fork and exec.)
     pub fn take(dir: &Path) -> Result<FolderLock> {
         let f = File::open(dir).map_err(|e| Error::io(dir, e))?;
-        // SAFETY: flock on a descriptor we own.
-        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(Error::Locked {
-                    path: dir.to_path_buf(),
-                });
+        let start = std::time::Instant::now();
+        loop {
+            // SAFETY: flock on a descriptor we own.
+            let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if r == 0 {
+                return Ok(FolderLock { _dir: f });
             }
-            return Err(Error::io(dir, e));
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EWOULDBLOCK) if start.elapsed() < WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Some(libc::EWOULDBLOCK) => {
+                    return Err(Error::Locked {
+                        path: dir.to_path_buf(),
+                    })
+                }
+                _ => return Err(Error::io(dir, e)),
+            }
         }
-        Ok(FolderLock { _dir: f })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_lock_refuses_after_the_wait_and_is_free_once_dropped() {
+        let t = tempfile::tempdir().unwrap();
+        let held = FolderLock::take(t.path()).unwrap();
+        let start = std::time::Instant::now();
+        assert!(matches!(
+            FolderLock::take(t.path()),
+            Err(Error::Locked { .. })
+        ));
+        assert!(start.elapsed() >= WAIT);
+        drop(held);
+        FolderLock::take(t.path()).unwrap();
     }
 }
