@@ -156,11 +156,7 @@ fn next_round(f: &VmFolder, c: &Cleanup, cache: &mut DiskCache) -> Result<Round>
     let needed: HashSet<PathBuf> = f.all_disk_files().into_iter().collect();
     // Parent -> children among the needed files.
     let mut kids: HashMap<&Path, BTreeSet<&Path>> = HashMap::new();
-    for d in f
-        .disks
-        .iter()
-        .chain(f.checkpoints.iter().flat_map(|c| c.disks.iter()))
-    {
+    for d in f.every_disk() {
         for w in d.chain.windows(2) {
             kids.entry(&w[1]).or_default().insert(&w[0]);
         }

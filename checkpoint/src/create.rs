@@ -249,28 +249,23 @@ fn make(
 ) -> Result<()> {
     ensure_dir(fs, &f.snapshot_dir)?;
     let (cfg_path, rt_path) = cp_paths(f, &cp.id);
+    let mut runtime = runtime;
+    if let Runtime::Live(vm) = &mut runtime {
+        // Paused or quiesced: after this flush the leaves no longer change.
+        vm.flush_disks().map_err(|why| Error::Live {
+            step: "flush its disks",
+            why,
+        })?;
+    }
+    for l in leaves {
+        files::new_leaf(fs, l)?;
+    }
     match runtime {
-        Runtime::Off => {
-            for l in leaves {
-                files::new_leaf(fs, l)?;
-            }
-            files::off_runtime(fs, &rt_path, files::version_of(&f.config))?;
-        }
+        Runtime::Off => files::off_runtime(fs, &rt_path, files::version_of(&f.config))?,
         Runtime::CopySaved => {
-            for l in leaves {
-                files::new_leaf(fs, l)?;
-            }
             copy_file(fs, &f.runtime_path, &rt_path, &mut |_| {})?;
         }
         Runtime::Live(vm) => {
-            // Paused or quiesced: the leaves no longer change.
-            vm.flush_disks().map_err(|why| Error::Live {
-                step: "flush its disks",
-                why,
-            })?;
-            for l in leaves {
-                files::new_leaf(fs, l)?;
-            }
             let to: Vec<&Path> = leaves.iter().map(|l| l.leaf.as_path()).collect();
             vm.switch_disks(&to).map_err(|why| Error::Live {
                 step: "switch to the new disks",

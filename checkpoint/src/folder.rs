@@ -190,15 +190,17 @@ impl VmFolder {
             .collect()
     }
 
+    /// Every disk of the current state, then each checkpoint's.
+    pub fn every_disk(&self) -> impl Iterator<Item = &Disk> {
+        self.disks
+            .iter()
+            .chain(self.checkpoints.iter().flat_map(|c| c.disks.iter()))
+    }
+
     /// Every disk file a checkpoint or the current state names directly
     /// (frozen disks and current leaves).
     pub fn referenced(&self) -> Vec<PathBuf> {
-        let set: HashSet<&Path> = self
-            .disks
-            .iter()
-            .chain(self.checkpoints.iter().flat_map(|c| c.disks.iter()))
-            .map(|d| d.path.as_path())
-            .collect();
+        let set: HashSet<&Path> = self.every_disk().map(|d| d.path.as_path()).collect();
         let mut v: Vec<PathBuf> = set.into_iter().map(Path::to_path_buf).collect();
         v.sort();
         v
@@ -207,9 +209,7 @@ impl VmFolder {
     /// Every file of every chain the VM and its checkpoints use.
     pub fn all_disk_files(&self) -> Vec<PathBuf> {
         let set: HashSet<&Path> = self
-            .disks
-            .iter()
-            .chain(self.checkpoints.iter().flat_map(|c| c.disks.iter()))
+            .every_disk()
             .flat_map(|d| d.chain.iter().map(PathBuf::as_path))
             .collect();
         let mut v: Vec<PathBuf> = set.into_iter().map(Path::to_path_buf).collect();

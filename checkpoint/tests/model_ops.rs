@@ -196,11 +196,7 @@ fn check(dir: &Path, m: &Model, oracle: Option<&(std::path::PathBuf, std::path::
     let refs: std::collections::BTreeSet<_> = f.referenced().into_iter().collect();
     let mut kids: BTreeMap<std::path::PathBuf, std::collections::BTreeSet<std::path::PathBuf>> =
         BTreeMap::new();
-    for d in f
-        .disks
-        .iter()
-        .chain(f.checkpoints.iter().flat_map(|c| c.disks.iter()))
-    {
+    for d in f.every_disk() {
         for w in d.chain.windows(2) {
             kids.entry(w[1].clone()).or_default().insert(w[0].clone());
         }
@@ -224,11 +220,7 @@ fn check(dir: &Path, m: &Model, oracle: Option<&(std::path::PathBuf, std::path::
             configs.push(f.runtime_path.display().to_string());
         }
         let mut want_sha = BTreeMap::new();
-        for d in f
-            .disks
-            .iter()
-            .chain(f.checkpoints.iter().flat_map(|c| c.disks.iter()))
-        {
+        for d in f.every_disk() {
             let chain: Vec<String> = d.chain.iter().map(|p| p.display().to_string()).collect();
             want_sha.insert(chain[0].clone(), sha(&read_all(&d.path)));
             disks.push(json!({ "chain": chain }));

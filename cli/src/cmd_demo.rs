@@ -212,10 +212,7 @@ fn oracles(f: &VmFolder, py: &Path) -> Result<(), CliError> {
         configs.push(c.config_path.display().to_string());
         configs.push(c.runtime_path.display().to_string());
     }
-    let disks: Vec<serde_json::Value> = f
-        .disks
-        .iter()
-        .chain(f.checkpoints.iter().flat_map(|c| c.disks.iter()))
+    let disks: Vec<serde_json::Value> = f.every_disk()
         .map(|d| serde_json::json!({"chain": d.chain.iter().map(|p| p.display().to_string()).collect::<Vec<_>>()}))
         .collect();
     let req = serde_json::json!({"configs": configs, "disks": disks});
@@ -249,11 +246,7 @@ fn oracles(f: &VmFolder, py: &Path) -> Result<(), CliError> {
             )));
         }
     }
-    for d in f
-        .disks
-        .iter()
-        .chain(f.checkpoints.iter().flat_map(|c| c.disks.iter()))
-    {
+    for d in f.every_disk() {
         let r = &j["disks"][d.chain[0].display().to_string()];
         let ours = sha256(&d.path)?;
         if r["pyvhdi"].as_str() != Some(ours.as_str())
